@@ -1,0 +1,150 @@
+"""Models, tokenizers and references: loading from the hub, a local dir, a .gguf file or a built-in preset.
+
+Presets are tiny transformers models built from a config (random init) with a byte-level tokenizer, saved to
+disk like any checkpoint — the tests and the built-in tasks use them because this machine has no model hub.
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors
+from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig, PreTrainedTokenizerFast
+
+# A minimal chat template (role headers, then content) so conversational data works with preset tokenizers.
+CHAT_TEMPLATE = (
+    "{% for message in messages %}"
+    "{{ '<|' + message['role'] + '|>\n' + message['content'] + '\n' }}"
+    "{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<|assistant|>\n' }}{% endif %}"
+)
+
+SPECIAL_TOKENS = {"pad_token": "<pad>", "bos_token": "<s>", "eos_token": "</s>", "unk_token": "<unk>"}
+
+
+def byte_level_tokenizer(add_bos: bool = True) -> PreTrainedTokenizerFast:
+    """A real `tokenizers` byte-level tokenizer: 256 byte tokens + 4 specials, BOS added by the post-processor.
+
+    Every string round-trips exactly, so tests need no trained vocabulary and no download.
+    """
+    alphabet = pre_tokenizers.ByteLevel.alphabet()  # the 256 printable stand-ins for bytes
+    specials = list(SPECIAL_TOKENS.values())
+    vocab = {tok: i for i, tok in enumerate(specials + sorted(alphabet))}
+    tok = Tokenizer(models.BPE(vocab=vocab, merges=[], unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)
+    tok.decoder = decoders.ByteLevel()
+    if add_bos:
+        tok.post_processor = processors.TemplateProcessing(
+            single="<s> $A", pair="<s> $A $B", special_tokens=[("<s>", vocab["<s>"])]
+        )
+    fast = PreTrainedTokenizerFast(tokenizer_object=tok, **SPECIAL_TOKENS)
+    fast.chat_template = CHAT_TEMPLATE
+    return fast
+
+
+@dataclass(frozen=True)
+class Preset:
+    """Shape of a built-in Llama model (random init)."""
+
+    hidden_size: int
+    num_hidden_layers: int
+    num_attention_heads: int
+    intermediate_size: int
+    max_position_embeddings: int = 512
+
+
+PRESETS = {
+    "tiny-llama": Preset(hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64),
+    "small-llama": Preset(hidden_size=128, num_hidden_layers=4, num_attention_heads=4, intermediate_size=384),
+}
+
+
+def preset_config(name: str, vocab_size: int, tokenizer: PreTrainedTokenizerFast | None = None) -> LlamaConfig:
+    p = PRESETS[name]
+    tok_ids = {}
+    if tokenizer is not None:
+        tok_ids = dict(
+            pad_token_id=tokenizer.pad_token_id, bos_token_id=tokenizer.bos_token_id,
+            eos_token_id=tokenizer.eos_token_id,
+        )
+    return LlamaConfig(
+        vocab_size=vocab_size, hidden_size=p.hidden_size, num_hidden_layers=p.num_hidden_layers,
+        num_attention_heads=p.num_attention_heads, num_key_value_heads=p.num_attention_heads,
+        intermediate_size=p.intermediate_size, max_position_embeddings=p.max_position_embeddings,
+        tie_word_embeddings=False, **tok_ids,
+    )
+
+
+def build_preset(name: str, out_dir: str | os.PathLike, *, seed: int = 0,
+                 tokenizer: PreTrainedTokenizerFast | None = None) -> Path:
+    """Build preset `name` with random weights (seeded), save model + tokenizer to `out_dir`, return it."""
+    if name not in PRESETS:
+        raise ValueError(f"unknown preset {name!r}; presets: {', '.join(PRESETS)}")
+    tokenizer = tokenizer or byte_level_tokenizer()
+    torch.manual_seed(seed)
+    model = AutoModelForCausalLM.from_config(preset_config(name, len(tokenizer), tokenizer))
+    out = Path(out_dir)
+    model.save_pretrained(out, safe_serialization=True)
+    tokenizer.save_pretrained(out)
+    return out
+
+
+def _gguf_split(path: str) -> tuple[str, str | None]:
+    """(`pretrained_model_name_or_path`, `gguf_file`) for transformers: a .gguf file loads from its directory."""
+    if path.endswith(".gguf"):
+        if not os.path.isfile(path):
+            raise FileNotFoundError(f"--model: GGUF file not found: {path}")
+        return os.path.dirname(os.path.abspath(path)), os.path.basename(path)
+    return path, None
+
+
+def load_tokenizer(path: str) -> PreTrainedTokenizerFast:
+    """Tokenizer of a hub id, local dir or .gguf file; pad falls back to EOS (never silently to id 0)."""
+    src, gguf = _gguf_split(path)
+    tok = AutoTokenizer.from_pretrained(src, gguf_file=gguf) if gguf else AutoTokenizer.from_pretrained(src)
+    if tok.pad_token_id is None:
+        tok.pad_token = tok.eos_token
+    if tok.eos_token_id is None:
+        raise ValueError(f"{path}: tokenizer has no EOS token; responses need one appended")
+    return tok
+
+
+def load_model(path: str, *, dtype: torch.dtype = torch.float32) -> torch.nn.Module:
+    """AutoModelForCausalLM from a hub id, a local dir or a .gguf file (dequantised to `dtype`)."""
+    src, gguf = _gguf_split(path)
+    kwargs = {"dtype": dtype}
+    if gguf:
+        kwargs["gguf_file"] = gguf
+    try:
+        return AutoModelForCausalLM.from_pretrained(src, **kwargs)
+    except OSError as e:
+        raise OSError(f"--model {path!r}: cannot load a causal LM from it ({e.__class__.__name__}: "
+                      f"{str(e).splitlines()[0]})") from e
+
+
+def frozen_copy(model: torch.nn.Module) -> torch.nn.Module:
+    """A frozen reference: a deep copy in eval mode with gradients off."""
+    ref = copy.deepcopy(model)
+    ref.eval()
+    ref.requires_grad_(False)
+    return ref
+
+
+def check_lm_head_supported(model: torch.nn.Module) -> None:
+    """Refuse LM heads the fused kernels cannot express exactly (soft-capping, logit scaling).
+
+    The kernels compute log softmax(h·Wᵀ + b); a model whose logits are transformed afterwards would get a
+    silently different loss, so it is an error instead.
+    """
+    cfg = model.config
+    for attr in ("final_logit_softcapping", "logit_scale", "logits_scaling"):
+        val = getattr(cfg, attr, None)
+        if val not in (None, 1.0, 0.0):
+            raise ValueError(
+                f"model config has {attr}={val}: tokendpo's log-prob kernels compute log softmax(h·Wᵀ+b) and "
+                f"cannot express it exactly; this model is not supported yet"
+            )
