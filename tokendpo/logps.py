@@ -1,0 +1,78 @@
+"""Per-token log-probs of response tokens from a causal LM, without running its LM-head product.
+
+The model body gives final hidden states h (B, T, H); the response positions are gathered (N of them) and
+`kernels.token_logprobs(h[N, H], W[V, H], targets[N])` returns log softmax(h·Wᵀ + b)[target] — fused, so the
+(B, T, V) logits are never materialised. Position t predicts token t+1 (HF's shift): labels[:, 1:] are the
+targets of hidden[:, :-1].
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+import kernels
+
+
+@dataclass
+class SequenceLogps:
+    """Log-prob view of a collated batch (rows = sequences)."""
+
+    token_logps: torch.Tensor  # (R, T-1) float32, 0.0 off the response
+    mask: torch.Tensor  # (R, T-1) bool, True on response targets
+    logps: torch.Tensor  # (R,) summed over response tokens
+    lengths: torch.Tensor  # (R,) response tokens per row
+    mean_logit: torch.Tensor  # (R,) mean over response positions of mean_v logits (detached)
+    hidden: torch.Tensor | None = None  # (N, H) hidden states at response positions, when asked for
+
+
+def lm_head(model: torch.nn.Module) -> tuple[torch.Tensor, torch.Tensor | None]:
+    head = model.get_output_embeddings()
+    if not isinstance(head, torch.nn.Linear):
+        raise ValueError(f"{type(model).__name__}: output embeddings are {type(head).__name__}, not a Linear "
+                         f"LM head; the fused log-prob kernels need h·Wᵀ + b")
+    return head.weight, head.bias
+
+
+def body(model: torch.nn.Module) -> torch.nn.Module:
+    """The transformer without its LM head (Llama-style `model.model`; PEFT-wrapped models unwrapped)."""
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    inner = getattr(base, "model", None) or getattr(base, "transformer", None)
+    if inner is None:
+        raise ValueError(f"{type(base).__name__}: cannot find the model body (.model / .transformer) to take "
+                         f"final hidden states from")
+    return inner
+
+
+def final_hidden(model: torch.nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor,
+                 position_ids: torch.Tensor | None = None) -> torch.Tensor:
+    """(B, T, H) final hidden states (after the final norm), the LM head not run."""
+    out = body(model)(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
+                      use_cache=False)
+    return out.last_hidden_state
+
+
+def sequence_logps(model: torch.nn.Module, batch: dict[str, torch.Tensor], *, kernel: str = "auto",
+                   keep_hidden: bool = False) -> SequenceLogps:
+    """Per-token and summed log-probs of the labelled (response) tokens of every row of `batch`.
+
+    batch: input_ids (R, T), attention_mask (R, T), labels (R, T) with -100 off the response
+    (positions aligned with input_ids; the shift happens here).
+    """
+    hidden = final_hidden(model, batch["input_ids"], batch["attention_mask"], batch.get("position_ids"))
+    targets = batch["labels"][:, 1:]  # (R, T-1)
+    mask = targets != -100
+    h = hidden[:, :-1][mask]  # (N, H): only response positions reach the LM head
+    weight, bias = lm_head(model)
+    logp = kernels.token_logprobs(h, weight, targets[mask], bias=bias, impl=kernel)  # (N,) fp32
+    token_logps = torch.zeros(mask.shape, dtype=logp.dtype, device=logp.device)
+    token_logps = token_logps.masked_scatter(mask, logp)
+    lengths = mask.sum(-1)
+    with torch.no_grad():  # mean_v(h·W_v + b_v) = h·mean_v(W) + mean(b): the mean logit without the logits
+        w_mean = weight.float().mean(0)
+        per_pos = h.float() @ w_mean + (bias.float().mean() if bias is not None else 0.0)
+        sums = torch.zeros(mask.shape, dtype=per_pos.dtype, device=per_pos.device).masked_scatter(mask, per_pos)
+        mean_logit = sums.sum(-1) / lengths.clamp(min=1)
+    return SequenceLogps(token_logps, mask, token_logps.sum(-1), lengths, mean_logit,
+                         h if keep_hidden else None)

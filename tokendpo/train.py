@@ -1,0 +1,367 @@
+"""`python -m tokendpo.train`: DPO-family training of a causal LM on preference pairs.
+
+One function, `train(cfg)`, read top to bottom: setup (seed, models, data, optimizer) → loop (concatenated
+chosen+rejected forward, fused log-probs, preference loss, accumulation, clipping, logging) → eval →
+checkpoints → final save. With `--task NAME` (or no arguments at all) the built-in pipeline runs instead.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import signal
+import sys
+import time
+from pathlib import Path
+
+import torch
+import yaml
+from tqdm.auto import tqdm
+from transformers import get_cosine_schedule_with_warmup
+
+from tokendpo import config as config_mod
+from tokendpo.checkpoint import TrainState, list_checkpoints, load_training_state, resolve_resume, save_checkpoint
+from tokendpo.config import Config
+from tokendpo.data import collate_pairs, load_preference_data
+from tokendpo.logps import sequence_logps
+from tokendpo.losses import preference_loss
+from tokendpo.modeling import PRESETS, build_preset, check_lm_head_supported, frozen_copy, load_model, load_tokenizer
+
+METRIC_KEYS = ("loss", "rewards/chosen", "rewards/rejected", "rewards/accuracies", "rewards/margins",
+               "logps/chosen", "logps/rejected", "logits/chosen", "logits/rejected")
+
+
+class NonFiniteError(RuntimeError):
+    pass
+
+
+def pick_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def resolve_model_path(cfg: Config, output_dir: Path) -> str:
+    """A preset name becomes a saved random-init checkpoint under output_dir/preset-{name} (seeded)."""
+    if cfg.model.model in PRESETS and not Path(cfg.model.model).exists():
+        target = output_dir / f"preset-{cfg.model.model}"
+        if not (target / "config.json").is_file():
+            build_preset(cfg.model.model, target, seed=cfg.train.seed)
+        return str(target)
+    return cfg.model.model
+
+
+def micro_batches_per_epoch(n_pairs: int, batch_size: int) -> int:
+    return math.ceil(n_pairs / batch_size)
+
+
+def micro_batch(pairs, step: int, k: int, cfg: Config) -> list:
+    """The k-th micro-batch of optimizer step `step`: a pure function of (seed, step, k), so resume is exact.
+
+    Global micro-batch m = step·accum + k falls in epoch m // per_epoch; each epoch shuffles with seed + epoch.
+    """
+    bs, accum = cfg.train.per_device_train_batch_size, cfg.train.gradient_accumulation_steps
+    per_epoch = micro_batches_per_epoch(len(pairs), bs)
+    m = step * accum + k
+    epoch, idx = divmod(m, per_epoch)
+    g = torch.Generator().manual_seed(cfg.train.seed + epoch)
+    order = torch.randperm(len(pairs), generator=g)[idx * bs:(idx + 1) * bs]
+    return [pairs[i] for i in order.tolist()]
+
+
+def total_steps(cfg: Config, n_pairs: int) -> int:
+    if cfg.train.max_steps > 0:
+        return cfg.train.max_steps
+    per_epoch = micro_batches_per_epoch(n_pairs, cfg.train.per_device_train_batch_size)
+    return max(1, math.ceil(cfg.train.num_epochs * per_epoch / cfg.train.gradient_accumulation_steps))
+
+
+def pair_forward(model, ref_model, pairs, tokenizer, cfg: Config, device) -> dict[str, torch.Tensor]:
+    """Loss and metrics of one micro-batch: chosen and rejected in one concatenated forward per model."""
+    batch = {k: v.to(device) for k, v in collate_pairs(pairs, tokenizer.pad_token_id).items()}
+    b = len(pairs)
+    autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=cfg.model.bf16 and device.type == "cuda")
+    with autocast:
+        pol = sequence_logps(model, batch, kernel=cfg.train.kernel)
+        needs_ref = cfg.loss.loss_type != "simpo"
+        if needs_ref:
+            with torch.no_grad():
+                ref = sequence_logps(ref_model, batch, kernel=cfg.train.kernel)
+    ref_logps = ref.logps if needs_ref else torch.zeros_like(pol.logps)
+    lengths = pol.lengths.to(pol.logps.dtype)
+    kl = None
+    if cfg.loss.loss_type in ("tdpo1", "tdpo2"):
+        kl = sequence_kl(model, ref_model, batch, cfg)
+    losses, chosen_r, rejected_r = preference_loss(
+        pol.logps[:b], pol.logps[b:], ref_logps[:b], ref_logps[b:],
+        beta=cfg.loss.beta, loss_type=cfg.loss.loss_type, label_smoothing=cfg.loss.label_smoothing,
+        chosen_lengths=lengths[:b], rejected_lengths=lengths[b:],
+        chosen_kl=None if kl is None else kl[:b], rejected_kl=None if kl is None else kl[b:],
+        alpha=cfg.loss.alpha, gamma=cfg.loss.gamma,
+    )
+    loss = losses.mean()
+    if cfg.loss.rpo_alpha > 0:  # RPO: + α · mean per-token NLL of the chosen response
+        loss = loss + cfg.loss.rpo_alpha * (-(pol.logps[:b] / lengths[:b].clamp(min=1))).mean()
+    chosen_r, rejected_r = chosen_r.detach(), rejected_r.detach()
+    return {
+        "loss": loss,
+        "rewards/chosen": chosen_r.mean(), "rewards/rejected": rejected_r.mean(),
+        "rewards/accuracies": (chosen_r > rejected_r).float().mean(),
+        "rewards/margins": (chosen_r - rejected_r).mean(),
+        "logps/chosen": pol.logps[:b].detach().mean(), "logps/rejected": pol.logps[b:].detach().mean(),
+        "logits/chosen": pol.mean_logit[:b].mean(), "logits/rejected": pol.mean_logit[b:].mean(),
+    }
+
+
+def sequence_kl(model, ref_model, batch, cfg: Config) -> torch.Tensor:
+    """Σ_t KL(π_ref(·|s_t) ‖ π(·|s_t)) over each row's response positions (TDPO's sequential KL), fused."""
+    import kernels
+    from tokendpo.logps import final_hidden, lm_head
+
+    targets = batch["labels"][:, 1:]
+    mask = targets != -100
+    h = final_hidden(model, batch["input_ids"], batch["attention_mask"])[:, :-1][mask]
+    with torch.no_grad():
+        h_ref = final_hidden(ref_model, batch["input_ids"], batch["attention_mask"])[:, :-1][mask]
+    w, bias = lm_head(model)
+    w_ref, bias_ref = lm_head(ref_model)
+    stats = kernels.token_stats(h, w, targets[mask], bias=bias, ref_hidden=h_ref, ref_weight=w_ref,
+                                ref_bias=bias_ref, impl=cfg.train.kernel)
+    per_tok = torch.zeros(mask.shape, dtype=stats.kl.dtype, device=h.device).masked_scatter(mask, stats.kl)
+    return per_tok.sum(-1)
+
+
+@torch.no_grad()
+def evaluate(model, ref_model, pairs, tokenizer, cfg: Config, device) -> dict[str, float]:
+    """Eval metrics (TRL's `eval_` prefix) over all eval pairs, weighted by batch size."""
+    was_training = model.training
+    model.eval()
+    totals: dict[str, float] = {}
+    bs = cfg.train.per_device_eval_batch_size
+    for i in range(0, len(pairs), bs):
+        chunk = pairs[i:i + bs]
+        out = pair_forward(model, ref_model, chunk, tokenizer, cfg, device)
+        for k, v in out.items():
+            totals[k] = totals.get(k, 0.0) + float(v) * len(chunk)
+    model.train(was_training)
+    return {f"eval_{k}": v / len(pairs) for k, v in totals.items()}
+
+
+class MetricsLog:
+    """metrics.jsonl, one object per logged step; on resume cut back to the checkpoint's row count."""
+
+    def __init__(self, path: Path, keep_rows: int | None):
+        self.path = path
+        rows = path.read_text().splitlines() if path.exists() else []
+        if keep_rows is not None:
+            rows = rows[:keep_rows]
+        else:
+            rows = []
+        path.write_text("".join(r + "\n" for r in rows))
+        self.rows = len(rows)
+
+    def write(self, row: dict) -> None:
+        with self.path.open("a") as f:
+            f.write(json.dumps(row) + "\n")
+        self.rows += 1
+
+
+def _resume_config(cfg: Config, cli_values: dict | None) -> tuple[Config, Path]:
+    """Resume: the config comes from the checkpoint; only max_steps and output_dir may differ."""
+    ckpt = resolve_resume(cfg.train.resume_from, cfg.train.output_dir)
+    saved = config_mod.from_yaml_file(ckpt / "train_config.yaml")
+    allowed = {"max_steps", "output_dir", "resume_from", "progress"}
+    differing = [k for k, (comp, _f, _t) in config_mod.key_index().items()
+                 if k not in allowed and getattr(getattr(saved, comp), k) != getattr(getattr(cfg, comp), k)
+                 and (cli_values is None or k in cli_values)]
+    if differing:
+        raise config_mod.ConfigError(
+            f"--resume_from {ckpt}: the config comes from the checkpoint; only max_steps and output_dir may "
+            f"differ, but these were given differently: {', '.join(differing)}")
+    saved.train.max_steps = cfg.train.max_steps if cfg.train.max_steps > 0 else saved.train.max_steps
+    saved.train.output_dir = cfg.train.output_dir
+    saved.train.resume_from = cfg.train.resume_from
+    saved.train.progress = cfg.train.progress
+    return saved, ckpt
+
+
+def train(cfg: Config, *, cli_values: dict | None = None) -> dict[str, float]:
+    """Train per `cfg`; returns the last logged train metrics plus the final eval metrics."""
+    # ------------------------------------------------------------------ setup
+    ckpt = None
+    if cfg.train.resume_from:
+        cfg, ckpt = _resume_config(cfg, cli_values)
+    if not cfg.data.dataset:
+        raise config_mod.ConfigError("--dataset is required (or use --task NAME for a built-in task)")
+    out = Path(cfg.train.output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    torch.manual_seed(cfg.train.seed)
+    device = pick_device(cfg.train.device)
+
+    model_path = resolve_model_path(cfg, out)
+    tokenizer = load_tokenizer(model_path)
+    model = load_model(str(ckpt) if ckpt else model_path).to(device)
+    check_lm_head_supported(model)
+    ref_model = (load_model(cfg.model.ref_model) if cfg.model.ref_model else load_model(model_path)).to(device)
+    ref_model = frozen_copy(ref_model) if cfg.model.ref_model else _freeze(ref_model)
+    if cfg.model.gradient_checkpointing:
+        model.config.use_cache = False
+        model.gradient_checkpointing_enable()
+    model.train()
+
+    train_pairs, eval_pairs, stats = load_preference_data(cfg.data, tokenizer, seed=cfg.train.seed)
+    if not train_pairs:
+        raise ValueError(f"{cfg.data.dataset}: no usable training pairs ({stats})")
+    (out / "data_stats.json").write_text(json.dumps(stats.__dict__, indent=1, default=str))
+    n_steps = total_steps(cfg, len(train_pairs))
+
+    optimizer = torch.optim.AdamW(
+        [p for p in model.parameters() if p.requires_grad], lr=cfg.optim.learning_rate,
+        betas=(cfg.optim.adam_beta1, cfg.optim.adam_beta2), eps=cfg.optim.adam_epsilon,
+        weight_decay=cfg.optim.weight_decay)
+    scheduler = get_cosine_schedule_with_warmup(optimizer, cfg.optim.warmup_steps, n_steps)
+    state = TrainState()
+    if ckpt:
+        state = load_training_state(ckpt, optimizer, scheduler)
+    config_yaml = yaml.safe_dump(config_mod.to_dict(cfg), sort_keys=False)
+    (out / "train_config.yaml").write_text(config_yaml)
+    log = MetricsLog(out / "metrics.jsonl", keep_rows=state.log_history_len if ckpt else None)
+
+    def checkpoint(step: int) -> None:
+        state.log_history_len = log.rows
+        save_checkpoint(out, step, model=model, tokenizer=tokenizer, optimizer=optimizer, scheduler=scheduler,
+                        state=state, config_yaml=config_yaml, save_total_limit=cfg.train.save_total_limit)
+
+    stop_signal: list[int] = []
+    handlers = {s: signal.signal(s, lambda signum, _f: stop_signal.append(signum))
+                for s in (signal.SIGTERM, signal.SIGINT)} if _main_thread() else {}
+
+    # ------------------------------------------------------------------ loop
+    accum = cfg.train.gradient_accumulation_steps
+    window: dict[str, float] = {}
+    window_steps = 0
+    last_train: dict[str, float] = {}
+    bar = tqdm(total=n_steps, initial=state.step, desc="train", disable=not cfg.train.progress, dynamic_ncols=True)
+    t0 = time.perf_counter()
+    tokens = 0
+    try:
+        while state.step < n_steps and not state.stopped_early:
+            step_metrics: dict[str, float] = {}
+            for k in range(accum):
+                pairs = micro_batch(train_pairs, state.step, k, cfg)
+                out_k = pair_forward(model, ref_model, pairs, tokenizer, cfg, device)
+                (out_k["loss"] / accum).backward()
+                tokens += sum(2 * len(p.prompt_ids) + len(p.chosen_ids) + len(p.rejected_ids) for p in pairs)
+                for key, v in out_k.items():
+                    step_metrics[key] = step_metrics.get(key, 0.0) + float(v) / accum
+            clip = cfg.optim.max_grad_norm if cfg.optim.max_grad_norm > 0 else float("inf")
+            grad_norm = float(torch.nn.utils.clip_grad_norm_(model.parameters(), clip))
+            if not (math.isfinite(step_metrics["loss"]) and math.isfinite(grad_norm)):
+                what = f"non-finite {'loss' if not math.isfinite(step_metrics['loss']) else 'gradient norm'}"
+                if cfg.train.nan_policy == "stop":
+                    raise NonFiniteError(
+                        f"step {state.step + 1}: {what} (loss={step_metrics['loss']}, grad_norm={grad_norm}); "
+                        f"stopping — the last checkpoint in {out} is intact")
+                tqdm.write(f"step {state.step + 1}: {what}; skipping the update (--nan_policy skip)")
+                optimizer.zero_grad(set_to_none=True)
+                state.step += 1
+                scheduler.step()
+                bar.update(1)
+                continue
+            lr = scheduler.get_last_lr()[0]
+            optimizer.step()
+            scheduler.step()
+            optimizer.zero_grad(set_to_none=True)
+            state.step += 1
+            bar.update(1)
+            step_metrics.update(grad_norm=grad_norm, learning_rate=lr)
+            for key, v in step_metrics.items():
+                window[key] = window.get(key, 0.0) + v
+            window_steps += 1
+            if state.step % cfg.train.logging_steps == 0 or state.step == n_steps:
+                last_train = {key: v / window_steps for key, v in window.items()}
+                elapsed = time.perf_counter() - t0
+                log.write({"step": state.step, **last_train, "epoch": _epoch(state.step, cfg, len(train_pairs)),
+                           "tokens_per_second": tokens / elapsed if elapsed > 0 else 0.0})
+                bar.set_postfix(loss=f"{last_train['loss']:.4f}", acc=f"{last_train['rewards/accuracies']:.2f}")
+                window, window_steps = {}, 0
+            if eval_pairs and cfg.train.eval_steps > 0 and state.step % cfg.train.eval_steps == 0:
+                _eval_and_track(model, ref_model, eval_pairs, tokenizer, cfg, device, state, log)
+            if cfg.train.save_steps > 0 and state.step % cfg.train.save_steps == 0:
+                checkpoint(state.step)
+            if stop_signal:
+                checkpoint(state.step)
+                tqdm.write(f"signal {stop_signal[0]}: saved checkpoint-{state.step} in {out}; exiting")
+                raise SystemExit(128 + stop_signal[0])
+    finally:
+        bar.close()
+        for s, h in handlers.items():
+            signal.signal(s, h)
+
+    # ------------------------------------------------------------------ final eval and save
+    final_eval: dict[str, float] = {}
+    if eval_pairs and not (cfg.train.eval_steps > 0 and state.step % cfg.train.eval_steps == 0 and state.step > 0):
+        final_eval = _eval_and_track(model, ref_model, eval_pairs, tokenizer, cfg, device, state, log)
+    model.save_pretrained(out, safe_serialization=True)
+    tokenizer.save_pretrained(out)
+    return {**last_train, **final_eval}
+
+
+def _freeze(model):
+    model.eval()
+    model.requires_grad_(False)
+    return model
+
+
+def _main_thread() -> bool:
+    import threading
+
+    return threading.current_thread() is threading.main_thread()
+
+
+def _epoch(step: int, cfg: Config, n_pairs: int) -> float:
+    per_epoch = micro_batches_per_epoch(n_pairs, cfg.train.per_device_train_batch_size)
+    return step * cfg.train.gradient_accumulation_steps / per_epoch
+
+
+def _eval_and_track(model, ref_model, eval_pairs, tokenizer, cfg, device, state: TrainState, log) -> dict:
+    metrics = evaluate(model, ref_model, eval_pairs, tokenizer, cfg, device)
+    log.write({"step": state.step, **metrics})
+    acc = metrics["eval_rewards/accuracies"]
+    if state.best_eval_accuracy is None or acc > state.best_eval_accuracy:
+        state.best_eval_accuracy, state.evals_without_improvement = acc, 0
+    else:
+        state.evals_without_improvement += 1
+        if 0 < cfg.train.early_stopping_patience <= state.evals_without_improvement:
+            state.stopped_early = True
+            tqdm.write(f"early stopping at step {state.step}: eval_rewards/accuracies has not improved on "
+                       f"{state.best_eval_accuracy:.4f} for {state.evals_without_improvement} evals")
+    tqdm.write(f"step {state.step}: " + ", ".join(f"{k}={v:.4f}" for k, v in metrics.items()))
+    return metrics
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if config_mod.main_help_requested(argv):
+        print(config_mod.help_text())
+        return 0
+    try:
+        cli_values, _ = config_mod.parse_cli(argv)
+        cfg = config_mod.resolve(argv)
+        if cfg.task.task or not argv:
+            from tokendpo.tasks.pipeline import run_pipeline
+
+            output_dir = cfg.train.output_dir if "output_dir" in cli_values else "outputs/default"
+            run_pipeline(cfg.task.task or "sentiment", output_dir, seed=cfg.train.seed)
+            return 0
+        result = train(cfg, cli_values=cli_values)
+    except (config_mod.ConfigError, ValueError, FileNotFoundError, OSError, NonFiniteError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    print(json.dumps({k: round(v, 6) for k, v in result.items()}, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
