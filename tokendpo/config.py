@@ -18,7 +18,7 @@ from typing import Any
 import yaml
 
 KERNELS = ("auto", "triton", "chunked", "naive")
-LOSS_TYPES = ("sigmoid", "robust", "ipo", "hinge", "tdpo1", "tdpo2", "simpo")
+from tokendpo.losses import LOSS_TYPES  # noqa: E402 - the one list of loss types
 
 
 def _f(default: Any, help: str, choices: tuple | None = None):  # noqa: A002 - `help` reads best here
@@ -35,6 +35,9 @@ class ModelConfig:
     lora_alpha: float = _f(16.0, "LoRA alpha")
     lora_targets: list[str] = _f(None, "LoRA target modules, comma-separated (default: all linear projections)")
     save_adapter_only: bool = _f(False, "with LoRA, save the adapter alone instead of merged weights")
+    ref_logps: str = _f("online", "reference log-probs: computed each step (online) or once, cached on disk and "
+                        "the reference freed (precompute)", ("online", "precompute"))
+    ref_cache_dir: str | None = _f(None, "where --ref_logps precompute caches (default: <output_dir>/ref_cache)")
 
 
 @dataclass
@@ -50,6 +53,7 @@ class DataConfig:
     max_prompt_length: int = _f(256, "prompts longer than this are left-truncated (and counted)")
     skip_bad_rows: bool = _f(False, "skip malformed rows (counted and reported) instead of stopping with an error")
     chat_template: bool = _f(False, "render plain-string prompts with the tokenizer's chat template")
+    packing: bool = _f(False, "padding-free: concatenate a micro-batch's sequences into one row with position ids")
 
 
 @dataclass
