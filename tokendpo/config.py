@@ -45,6 +45,7 @@ class DataConfig:
     dataset: str | None = _f(None, "preference data: HF hub id, local dir, or .json/.jsonl/.parquet file (.gz ok)")
     dataset_split: str = _f("train", "split of --dataset to train on")
     eval_dataset: str | None = _f(None, "separate eval data (same formats as --dataset)")
+    eval_dataset_split: str = _f("test", "split of --eval_dataset to evaluate on (ignored for single files)")
     eval_fraction: float = _f(0.0, "hold out this fraction of --dataset for eval when --eval_dataset is unset")
     prompt_field: str = _f("prompt", "column with the prompt (string or list of {role, content} messages)")
     chosen_field: str = _f("chosen", "column with the chosen response (or full text, HH-RLHF style)")

@@ -25,6 +25,7 @@ class SequenceLogps:
     lengths: torch.Tensor  # (R,) response tokens per row
     mean_logit: torch.Tensor  # (R,) mean over response positions of mean_v logits (detached)
     hidden: torch.Tensor | None = None  # (N, H) hidden states at response positions, when asked for
+    kl: torch.Tensor | None = None  # (R,) Σ_t KL(π_ref(·|s_t) ‖ π(·|s_t)) over response positions, when asked for
 
 
 def lm_head(model: torch.nn.Module) -> tuple[torch.Tensor, torch.Tensor | None]:
@@ -54,18 +55,28 @@ def final_hidden(model: torch.nn.Module, input_ids: torch.Tensor, attention_mask
 
 
 def sequence_logps(model: torch.nn.Module, batch: dict[str, torch.Tensor], *, kernel: str = "auto",
-                   keep_hidden: bool = False) -> SequenceLogps:
+                   keep_hidden: bool = False, reference=None) -> SequenceLogps:
     """Per-token and summed log-probs of the labelled (response) tokens of every row of `batch`.
 
     batch: input_ids (R, T), attention_mask (R, T), labels (R, T) with -100 off the response
     (positions aligned with input_ids; the shift happens here).
+    reference: optional callable mask -> (ref_hidden (N, H_ref), ref_weight, ref_bias); when given, the same
+    fused pass also returns TDPO's sequential KL Σ_t KL(π_ref ‖ π) per row.
     """
     hidden = final_hidden(model, batch["input_ids"], batch["attention_mask"], batch.get("position_ids"))
     targets = batch["labels"][:, 1:]  # (R, T-1)
     mask = targets != -100
     h = hidden[:, :-1][mask]  # (N, H): only response positions reach the LM head
     weight, bias = lm_head(model)
-    logp = kernels.token_logprobs(h, weight, targets[mask], bias=bias, impl=kernel)  # (N,) fp32
+    kl = None
+    if reference is None:
+        logp = kernels.token_logprobs(h, weight, targets[mask], bias=bias, impl=kernel)  # (N,) fp32
+    else:
+        ref_h, ref_w, ref_b = reference(mask)
+        stats = kernels.token_stats(h, weight, targets[mask], bias=bias, ref_hidden=ref_h, ref_weight=ref_w,
+                                    ref_bias=ref_b, impl=kernel)
+        logp = stats.logps
+        kl = torch.zeros(mask.shape, dtype=logp.dtype, device=logp.device).masked_scatter(mask, stats.kl).sum(-1)
     token_logps = torch.zeros(mask.shape, dtype=logp.dtype, device=logp.device)
     token_logps = token_logps.masked_scatter(mask, logp)
     lengths = mask.sum(-1)
@@ -75,4 +86,4 @@ def sequence_logps(model: torch.nn.Module, batch: dict[str, torch.Tensor], *, ke
         sums = torch.zeros(mask.shape, dtype=per_pos.dtype, device=per_pos.device).masked_scatter(mask, per_pos)
         mean_logit = sums.sum(-1) / lengths.clamp(min=1)
     return SequenceLogps(token_logps, mask, token_logps.sum(-1), lengths, mean_logit,
-                         h if keep_hidden else None)
+                         h if keep_hidden else None, kl)

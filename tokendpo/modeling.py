@@ -148,3 +148,22 @@ def check_lm_head_supported(model: torch.nn.Module) -> None:
                 f"model config has {attr}={val}: tokendpo's log-prob kernels compute log softmax(h·Wᵀ+b) and "
                 f"cannot express it exactly; this model is not supported yet"
             )
+
+
+def apply_lora(model: torch.nn.Module, model_cfg, checkpoint: str | os.PathLike | None = None) -> torch.nn.Module:
+    """Wrap `model` with a peft LoRA adapter (rank model_cfg.lora_r), or load the adapter of a checkpoint."""
+    from peft import LoraConfig, PeftModel, get_peft_model
+
+    if checkpoint is not None:
+        return PeftModel.from_pretrained(model, str(checkpoint), is_trainable=True)
+    targets = model_cfg.lora_targets or "all-linear"
+    lora = LoraConfig(r=model_cfg.lora_r, lora_alpha=model_cfg.lora_alpha, target_modules=targets,
+                      lora_dropout=0.0, task_type="CAUSAL_LM")
+    return get_peft_model(model, lora)
+
+
+def save_final_model(model: torch.nn.Module, out_dir: str | os.PathLike, *, adapter_only: bool = False) -> None:
+    """Save transformers-loadable safetensors weights; a LoRA model is merged into its base unless adapter_only."""
+    if hasattr(model, "merge_and_unload") and not adapter_only:
+        model = model.merge_and_unload()
+    model.save_pretrained(out_dir, safe_serialization=True)

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import signal
 import sys
 import time
@@ -21,12 +20,14 @@ from tqdm.auto import tqdm
 from transformers import get_cosine_schedule_with_warmup
 
 from tokendpo import config as config_mod
-from tokendpo.checkpoint import TrainState, list_checkpoints, load_training_state, resolve_resume, save_checkpoint
+from tokendpo.checkpoint import TrainState, load_training_state, resolve_resume, save_checkpoint
 from tokendpo.config import Config
 from tokendpo.data import collate_pairs, load_preference_data
 from tokendpo.logps import sequence_logps
-from tokendpo.losses import preference_loss
-from tokendpo.modeling import PRESETS, build_preset, check_lm_head_supported, frozen_copy, load_model, load_tokenizer
+from tokendpo.losses import preference_loss, sft_loss
+from tokendpo.reference import Reference, cache_key
+from tokendpo.modeling import (PRESETS, apply_lora, build_preset, check_lm_head_supported, load_model,
+                               load_tokenizer, save_final_model)
 
 METRIC_KEYS = ("loss", "rewards/chosen", "rewards/rejected", "rewards/accuracies", "rewards/margins",
                "logps/chosen", "logps/rejected", "logits/chosen", "logits/rejected")
@@ -43,9 +44,9 @@ def pick_device(name: str) -> torch.device:
 
 
 def resolve_model_path(cfg: Config, output_dir: Path) -> str:
-    """A preset name becomes a saved random-init checkpoint under output_dir/preset-{name} (seeded)."""
+    """A preset name becomes a saved random-init checkpoint in output_dir/../.presets/{name}-seed{seed}."""
     if cfg.model.model in PRESETS and not Path(cfg.model.model).exists():
-        target = output_dir / f"preset-{cfg.model.model}"
+        target = output_dir.resolve().parent / ".presets" / f"{cfg.model.model}-seed{cfg.train.seed}"
         if not (target / "config.json").is_file():
             build_preset(cfg.model.model, target, seed=cfg.train.seed)
         return str(target)
@@ -56,18 +57,16 @@ def micro_batches_per_epoch(n_pairs: int, batch_size: int) -> int:
     return math.ceil(n_pairs / batch_size)
 
 
-def micro_batch(pairs, step: int, k: int, cfg: Config) -> list:
-    """The k-th micro-batch of optimizer step `step`: a pure function of (seed, step, k), so resume is exact.
-
-    Global micro-batch m = step·accum + k falls in epoch m // per_epoch; each epoch shuffles with seed + epoch.
-    """
+def micro_batch(n_pairs: int, step: int, k: int, cfg: Config) -> list[int]:
+    """Pair indices of the k-th micro-batch of optimizer step `step`: a pure function of (seed, step, k), so
+    resume is exact. Global micro-batch m = step·accum + k falls in epoch m // per_epoch; each epoch shuffles
+    with seed + epoch."""
     bs, accum = cfg.train.per_device_train_batch_size, cfg.train.gradient_accumulation_steps
-    per_epoch = micro_batches_per_epoch(len(pairs), bs)
+    per_epoch = micro_batches_per_epoch(n_pairs, bs)
     m = step * accum + k
     epoch, idx = divmod(m, per_epoch)
     g = torch.Generator().manual_seed(cfg.train.seed + epoch)
-    order = torch.randperm(len(pairs), generator=g)[idx * bs:(idx + 1) * bs]
-    return [pairs[i] for i in order.tolist()]
+    return torch.randperm(n_pairs, generator=g)[idx * bs:(idx + 1) * bs].tolist()
 
 
 def total_steps(cfg: Config, n_pairs: int) -> int:
@@ -77,22 +76,20 @@ def total_steps(cfg: Config, n_pairs: int) -> int:
     return max(1, math.ceil(cfg.train.num_epochs * per_epoch / cfg.train.gradient_accumulation_steps))
 
 
-def pair_forward(model, ref_model, pairs, tokenizer, cfg: Config, device) -> dict[str, torch.Tensor]:
+def pair_forward(model, ref: Reference, pairs, indices, tokenizer, cfg: Config, device) -> dict[str, torch.Tensor]:
     """Loss and metrics of one micro-batch: chosen and rejected in one concatenated forward per model."""
     batch = {k: v.to(device) for k, v in collate_pairs(pairs, tokenizer.pad_token_id).items()}
     b = len(pairs)
+    tdpo = cfg.loss.loss_type in ("tdpo1", "tdpo2")
     autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=cfg.model.bf16 and device.type == "cuda")
     with autocast:
-        pol = sequence_logps(model, batch, kernel=cfg.train.kernel)
-        needs_ref = cfg.loss.loss_type != "simpo"
-        if needs_ref:
-            with torch.no_grad():
-                ref = sequence_logps(ref_model, batch, kernel=cfg.train.kernel)
-    ref_logps = ref.logps if needs_ref else torch.zeros_like(pol.logps)
+        # TDPO: the reference's hidden states and LM head enter the same fused pass for the sequential KL
+        ref_side = (lambda _mask: (ref.response_hidden(batch, indices), *ref.lm_head())) if tdpo else None
+        pol = sequence_logps(model, batch, kernel=cfg.train.kernel, reference=ref_side)
+        ref_logps = (ref.sequence_logps(batch, indices) if cfg.loss.loss_type != "simpo"
+                     else torch.zeros_like(pol.logps))
+        kl = pol.kl
     lengths = pol.lengths.to(pol.logps.dtype)
-    kl = None
-    if cfg.loss.loss_type in ("tdpo1", "tdpo2"):
-        kl = sequence_kl(model, ref_model, batch, cfg)
     losses, chosen_r, rejected_r = preference_loss(
         pol.logps[:b], pol.logps[b:], ref_logps[:b], ref_logps[b:],
         beta=cfg.loss.beta, loss_type=cfg.loss.loss_type, label_smoothing=cfg.loss.label_smoothing,
@@ -101,8 +98,8 @@ def pair_forward(model, ref_model, pairs, tokenizer, cfg: Config, device) -> dic
         alpha=cfg.loss.alpha, gamma=cfg.loss.gamma,
     )
     loss = losses.mean()
-    if cfg.loss.rpo_alpha > 0:  # RPO: + α · mean per-token NLL of the chosen response
-        loss = loss + cfg.loss.rpo_alpha * (-(pol.logps[:b] / lengths[:b].clamp(min=1))).mean()
+    if cfg.loss.rpo_alpha > 0:  # RPO: + α · token-mean NLL of the chosen responses
+        loss = loss + cfg.loss.rpo_alpha * sft_loss(pol.logps[:b], lengths[:b])
     chosen_r, rejected_r = chosen_r.detach(), rejected_r.detach()
     return {
         "loss": loss,
@@ -114,26 +111,8 @@ def pair_forward(model, ref_model, pairs, tokenizer, cfg: Config, device) -> dic
     }
 
 
-def sequence_kl(model, ref_model, batch, cfg: Config) -> torch.Tensor:
-    """Σ_t KL(π_ref(·|s_t) ‖ π(·|s_t)) over each row's response positions (TDPO's sequential KL), fused."""
-    import kernels
-    from tokendpo.logps import final_hidden, lm_head
-
-    targets = batch["labels"][:, 1:]
-    mask = targets != -100
-    h = final_hidden(model, batch["input_ids"], batch["attention_mask"])[:, :-1][mask]
-    with torch.no_grad():
-        h_ref = final_hidden(ref_model, batch["input_ids"], batch["attention_mask"])[:, :-1][mask]
-    w, bias = lm_head(model)
-    w_ref, bias_ref = lm_head(ref_model)
-    stats = kernels.token_stats(h, w, targets[mask], bias=bias, ref_hidden=h_ref, ref_weight=w_ref,
-                                ref_bias=bias_ref, impl=cfg.train.kernel)
-    per_tok = torch.zeros(mask.shape, dtype=stats.kl.dtype, device=h.device).masked_scatter(mask, stats.kl)
-    return per_tok.sum(-1)
-
-
 @torch.no_grad()
-def evaluate(model, ref_model, pairs, tokenizer, cfg: Config, device) -> dict[str, float]:
+def evaluate(model, ref: Reference, pairs, tokenizer, cfg: Config, device, offset: int = 0) -> dict[str, float]:
     """Eval metrics (TRL's `eval_` prefix) over all eval pairs, weighted by batch size."""
     was_training = model.training
     model.eval()
@@ -141,7 +120,8 @@ def evaluate(model, ref_model, pairs, tokenizer, cfg: Config, device) -> dict[st
     bs = cfg.train.per_device_eval_batch_size
     for i in range(0, len(pairs), bs):
         chunk = pairs[i:i + bs]
-        out = pair_forward(model, ref_model, chunk, tokenizer, cfg, device)
+        out = pair_forward(model, ref, chunk, list(range(offset + i, offset + i + len(chunk))), tokenizer, cfg,
+                           device)
         for k, v in out.items():
             totals[k] = totals.get(k, 0.0) + float(v) * len(chunk)
     model.train(was_training)
@@ -195,25 +175,25 @@ def train(cfg: Config, *, cli_values: dict | None = None) -> dict[str, float]:
     if not cfg.data.dataset:
         raise config_mod.ConfigError("--dataset is required (or use --task NAME for a built-in task)")
     out = Path(cfg.train.output_dir)
-    out.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(cfg.train.seed)
     device = pick_device(cfg.train.device)
 
+    # data first: a bad file fails before anything is written to output_dir
     model_path = resolve_model_path(cfg, out)
     tokenizer = load_tokenizer(model_path)
-    model = load_model(str(ckpt) if ckpt else model_path).to(device)
-    check_lm_head_supported(model)
-    ref_model = (load_model(cfg.model.ref_model) if cfg.model.ref_model else load_model(model_path)).to(device)
-    ref_model = frozen_copy(ref_model) if cfg.model.ref_model else _freeze(ref_model)
-    if cfg.model.gradient_checkpointing:
-        model.config.use_cache = False
-        model.gradient_checkpointing_enable()
-    model.train()
-
     train_pairs, eval_pairs, stats = load_preference_data(cfg.data, tokenizer, seed=cfg.train.seed)
-    if not train_pairs:
-        raise ValueError(f"{cfg.data.dataset}: no usable training pairs ({stats})")
-    (out / "data_stats.json").write_text(json.dumps(stats.__dict__, indent=1, default=str))
+    tqdm.write(stats.summary())
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "data_stats.json").write_text(json.dumps(stats.to_dict(), indent=1))
+    model, ref = build_policy_and_reference(cfg, model_path, ckpt, device)
+    model.train()
+    if cfg.model.ref_logps == "precompute":  # eval pairs follow train pairs in the cache's index space
+        all_pairs = train_pairs + (eval_pairs or [])
+        key = cache_key(ref.model, all_pairs, {"loss_type": cfg.loss.loss_type, "kernel": cfg.train.kernel})
+        path = ref.precompute(all_pairs, tokenizer.pad_token_id, Path(cfg.model.ref_cache_dir or out / "ref_cache"),
+                              key=key, with_hidden=cfg.loss.loss_type in ("tdpo1", "tdpo2"),
+                              progress=cfg.train.progress)
+        tqdm.write(f"reference log-probs cached at {path}")
     n_steps = total_steps(cfg, len(train_pairs))
 
     optimizer = torch.optim.AdamW(
@@ -232,6 +212,7 @@ def train(cfg: Config, *, cli_values: dict | None = None) -> dict[str, float]:
         state.log_history_len = log.rows
         save_checkpoint(out, step, model=model, tokenizer=tokenizer, optimizer=optimizer, scheduler=scheduler,
                         state=state, config_yaml=config_yaml, save_total_limit=cfg.train.save_total_limit)
+        (out / f"checkpoint-{step}" / "data_stats.json").write_text(json.dumps(stats.to_dict()))
 
     stop_signal: list[int] = []
     handlers = {s: signal.signal(s, lambda signum, _f: stop_signal.append(signum))
@@ -249,12 +230,13 @@ def train(cfg: Config, *, cli_values: dict | None = None) -> dict[str, float]:
         while state.step < n_steps and not state.stopped_early:
             step_metrics: dict[str, float] = {}
             for k in range(accum):
-                pairs = micro_batch(train_pairs, state.step, k, cfg)
-                out_k = pair_forward(model, ref_model, pairs, tokenizer, cfg, device)
+                indices = micro_batch(len(train_pairs), state.step, k, cfg)
+                pairs = [train_pairs[i] for i in indices]
+                out_k = pair_forward(model, ref, pairs, indices, tokenizer, cfg, device)
                 (out_k["loss"] / accum).backward()
                 tokens += sum(2 * len(p.prompt_ids) + len(p.chosen_ids) + len(p.rejected_ids) for p in pairs)
                 for key, v in out_k.items():
-                    step_metrics[key] = step_metrics.get(key, 0.0) + float(v) / accum
+                    step_metrics[key] = step_metrics.get(key, 0.0) + float(v.detach()) / accum
             clip = cfg.optim.max_grad_norm if cfg.optim.max_grad_norm > 0 else float("inf")
             grad_norm = float(torch.nn.utils.clip_grad_norm_(model.parameters(), clip))
             if not (math.isfinite(step_metrics["loss"]) and math.isfinite(grad_norm)):
@@ -287,7 +269,7 @@ def train(cfg: Config, *, cli_values: dict | None = None) -> dict[str, float]:
                 bar.set_postfix(loss=f"{last_train['loss']:.4f}", acc=f"{last_train['rewards/accuracies']:.2f}")
                 window, window_steps = {}, 0
             if eval_pairs and cfg.train.eval_steps > 0 and state.step % cfg.train.eval_steps == 0:
-                _eval_and_track(model, ref_model, eval_pairs, tokenizer, cfg, device, state, log)
+                _eval_and_track(model, ref, eval_pairs, tokenizer, cfg, device, state, log, len(train_pairs))
             if cfg.train.save_steps > 0 and state.step % cfg.train.save_steps == 0:
                 checkpoint(state.step)
             if stop_signal:
@@ -302,10 +284,35 @@ def train(cfg: Config, *, cli_values: dict | None = None) -> dict[str, float]:
     # ------------------------------------------------------------------ final eval and save
     final_eval: dict[str, float] = {}
     if eval_pairs and not (cfg.train.eval_steps > 0 and state.step % cfg.train.eval_steps == 0 and state.step > 0):
-        final_eval = _eval_and_track(model, ref_model, eval_pairs, tokenizer, cfg, device, state, log)
-    model.save_pretrained(out, safe_serialization=True)
+        final_eval = _eval_and_track(model, ref, eval_pairs, tokenizer, cfg, device, state, log, len(train_pairs))
+    save_final_model(model, out, adapter_only=cfg.model.save_adapter_only)
     tokenizer.save_pretrained(out)
     return {**last_train, **final_eval}
+
+
+def build_policy_and_reference(cfg: Config, model_path: str, ckpt: Path | None, device) -> tuple:
+    """The trainable policy and its Reference.
+
+    Full fine-tuning: policy from --model (or the checkpoint's weights on resume), reference = --ref_model or a
+    second, frozen load of --model. LoRA (--lora_r > 0): the policy is a peft model over --model, and the
+    reference is the same model with the adapter disabled — one copy of the base weights in memory.
+    """
+    if cfg.model.lora_r > 0:
+        base = load_model(model_path).to(device)
+        check_lm_head_supported(base)
+        model = apply_lora(base, cfg.model, checkpoint=ckpt)
+        if cfg.model.gradient_checkpointing:
+            model.enable_input_require_grads()
+        ref = (Reference(_freeze(load_model(cfg.model.ref_model).to(device)), kernel=cfg.train.kernel)
+               if cfg.model.ref_model else Reference(model, adapter_host=model, kernel=cfg.train.kernel))
+    else:
+        model = load_model(str(ckpt) if ckpt else model_path).to(device)
+        check_lm_head_supported(model)
+        ref = Reference(_freeze(load_model(cfg.model.ref_model or model_path).to(device)), kernel=cfg.train.kernel)
+    if cfg.model.gradient_checkpointing:
+        model.config.use_cache = False
+        model.gradient_checkpointing_enable()
+    return model, ref
 
 
 def _freeze(model):
@@ -325,8 +332,8 @@ def _epoch(step: int, cfg: Config, n_pairs: int) -> float:
     return step * cfg.train.gradient_accumulation_steps / per_epoch
 
 
-def _eval_and_track(model, ref_model, eval_pairs, tokenizer, cfg, device, state: TrainState, log) -> dict:
-    metrics = evaluate(model, ref_model, eval_pairs, tokenizer, cfg, device)
+def _eval_and_track(model, ref, eval_pairs, tokenizer, cfg, device, state: TrainState, log, offset) -> dict:
+    metrics = evaluate(model, ref, eval_pairs, tokenizer, cfg, device, offset=offset)
     log.write({"step": state.step, **metrics})
     acc = metrics["eval_rewards/accuracies"]
     if state.best_eval_accuracy is None or acc > state.best_eval_accuracy:

@@ -1,0 +1,52 @@
+"""Evaluation metrics that keep a collapsed policy from passing for a win: win rate, distinct outputs, repetition."""
+
+from __future__ import annotations
+
+import math
+import random
+from collections.abc import Sequence
+
+REPETITION_N = 3  # repetition is measured on token 3-grams
+
+
+def win_rate(rewards: Sequence[float], baseline: Sequence[float]) -> float:
+    """Per-prompt comparison of two gold rewards: mean of 1[r > b] + ½·1[r = b]."""
+    if len(rewards) != len(baseline) or not rewards:
+        raise ValueError(f"win_rate needs two equal, non-empty lists, got {len(rewards)} and {len(baseline)}")
+    return sum(1.0 if r > b else 0.5 if r == b else 0.0 for r, b in zip(rewards, baseline)) / len(rewards)
+
+
+def distinct_rate(responses: Sequence[str]) -> float:
+    """Distinct responses / responses (1.0: all different; 1/len: one output for every prompt)."""
+    if not responses:
+        raise ValueError("distinct_rate of no responses")
+    return len(set(responses)) / len(responses)
+
+
+def repetition(token_lists: Sequence[Sequence], n: int = REPETITION_N) -> float:
+    """Share of n-grams that repeat an earlier n-gram of the same response, pooled over responses.
+
+    "a b c a b c" has 4 trigrams, of which ("a","b","c") at position 3 repeats position 0: 1/4.
+    Responses shorter than n contribute no n-grams; 0.0 when no response has any.
+    """
+    repeated = total = 0
+    for toks in token_lists:
+        seen = set()
+        for i in range(len(toks) - n + 1):
+            g = tuple(toks[i: i + n])
+            repeated += g in seen
+            seen.add(g)
+            total += 1
+    return repeated / total if total else 0.0
+
+
+def bradley_terry_label(r_a: float, r_b: float, temperature: float, rng: random.Random, argmax: bool = False) -> bool:
+    """True when a is chosen over b: with P = σ((r_a − r_b)/T) under Bradley–Terry, or deterministically by the
+    higher reward with `argmax` (T → 0). Ties are the caller's to drop."""
+    if argmax:
+        return r_a > r_b
+    if temperature <= 0:
+        raise ValueError(f"label temperature must be > 0 (or use argmax), got {temperature}")
+    z = (r_a - r_b) / temperature
+    p = 1.0 / (1.0 + math.exp(-z)) if z >= 0 else math.exp(z) / (1.0 + math.exp(z))
+    return rng.random() < p

@@ -1,0 +1,289 @@
+"""The built-in experiment: SFT → sample K responses per prompt → label pairs with the gold reward → DPO → eval.
+
+    python -m tokendpo.train                      # = run_pipeline("sentiment", "outputs/default")
+    python -m tokendpo.train --task arithmetic
+    python -m tokendpo.tasks.pipeline --task sentiment --stage pairs [--output_dir DIR] [--quick]
+
+Every stage is a function with its own CLI step and is resumable: a stage whose output is complete is skipped
+(`sft/` and `dpo/` are complete when their `.complete` marker exists, `pairs.jsonl` and `summary.json` are
+written atomically). Layout (DESIGN.md):
+
+    OUTPUT_DIR/sft/            SFT policy = DPO reference (model + tokenizer, metrics.jsonl, train_config.yaml)
+    OUTPUT_DIR/pairs.jsonl     prompt, chosen, rejected (+ their gold rewards), from train prompts
+    OUTPUT_DIR/pairs_eval.jsonl  the same from held-out prompts: DPO's eval data and `eval_reward_accuracy`
+    OUTPUT_DIR/dpo/            DPO policy (a `tokendpo.train` output dir)
+    OUTPUT_DIR/summary.json    {"sft": {...}, "dpo": {...}} — see `tokendpo.tasks.evaluate`
+    OUTPUT_DIR/pipeline.json   the resolved settings and per-stage wall times
+
+Labels: for two responses a, b of one prompt, a is chosen with probability σ((r*(a) − r*(b)) / T)
+(Bradley–Terry with temperature T), or by the higher r* with `argmax`; pairs with equal r* or equal text are
+dropped (they carry no preference), as are pairs with an empty response.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import time
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+
+import torch
+from tqdm.auto import tqdm
+from transformers import AutoModelForCausalLM
+
+from tokendpo.modeling import load_model, load_tokenizer
+from tokendpo.sft import SFTConfig, sft
+from tokendpo.tasks import DEFAULT_TASK, TASKS, get_task
+from tokendpo.tasks.base import Task
+from tokendpo.tasks.evaluate import evaluate_policies, print_table
+from tokendpo.tasks.metrics import bradley_terry_label
+from tokendpo.tasks.sampling import sample
+
+STAGES = ("sft", "pairs", "dpo", "eval")
+COMPLETE = ".complete"
+
+
+@dataclass
+class PipelineSettings:
+    """Resolved settings of one run: the task's recipe, scaled down by `quick`, with explicit overrides."""
+
+    task: str = DEFAULT_TASK
+    seed: int = 0
+    quick: bool = False
+    sft_examples: int = 0
+    sft_steps: int = 0
+    sft_batch_size: int = 0
+    sft_lr: float = 0.0
+    pair_prompts: int = 0
+    k: int = 0
+    eval_pair_prompts: int = 0
+    label_temperature: float = 0.0
+    argmax: bool = False
+    beta: float = 0.0
+    dpo_steps: int = 0
+    dpo_batch_size: int = 0
+    dpo_lr: float = 0.0
+    max_new_tokens: int = 0
+    eval_prompts: int = 0
+
+    @classmethod
+    def resolve(cls, task: Task, *, seed: int = 0, quick: bool = False, **overrides) -> "PipelineSettings":
+        r = asdict(task.recipe)
+        if quick:  # a few-minute run for tests: smaller everything, same recipe
+            r.update(sft_examples=r["sft_examples"] // 2, sft_steps=r["sft_steps"] // 2,
+                     pair_prompts=r["pair_prompts"] // 2, eval_pair_prompts=64, dpo_steps=r["dpo_steps"] // 2,
+                     eval_prompts=128)
+        unknown = set(overrides) - {f.name for f in fields(cls)}
+        if unknown:
+            raise ValueError(f"unknown pipeline settings: {', '.join(sorted(unknown))}")
+        r.update({k: v for k, v in overrides.items() if v is not None})
+        return cls(task=task.name, seed=seed, quick=quick, **r)
+
+
+def _complete(d: Path) -> bool:
+    return (d / COMPLETE).exists()
+
+
+def _mark_complete(d: Path, info: dict) -> None:
+    (d / COMPLETE).write_text(json.dumps(info, indent=1) + "\n")
+
+
+def _write_jsonl_atomic(path: Path, rows: list[dict]) -> None:
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    with open(tmp, "w") as f:
+        for row in rows:
+            f.write(json.dumps(row) + "\n")
+    os.replace(tmp, path)
+
+
+# ---------------------------------------------------------------------------------------------------- stages
+def stage_sft(task: Task, s: PipelineSettings, out_dir: Path, *, progress: bool = True) -> Path:
+    """Tokenizer trained on the task corpus + a random-init Llama of the task's shape, SFT on the corpus."""
+    out_dir = Path(out_dir)
+    if _complete(out_dir):
+        return out_dir
+    corpus = task.corpus(s.sft_examples, seed=s.seed)
+    tokenizer = task.tokenizer(corpus)
+    torch.manual_seed(s.seed)
+    model = AutoModelForCausalLM.from_config(task.model_config(tokenizer))
+    cfg = SFTConfig(output_dir=str(out_dir), max_steps=s.sft_steps, batch_size=s.sft_batch_size,
+                    learning_rate=s.sft_lr, warmup_steps=max(1, s.sft_steps // 20), seed=s.seed, progress=progress)
+    last = sft(model, tokenizer, corpus, cfg)
+    _mark_complete(out_dir, {"stage": "sft", "final": last})
+    return out_dir
+
+
+def label_pairs(task: Task, prompts: list[str], responses: list[list[str]], *, temperature: float, argmax: bool,
+                seed: int) -> tuple[list[dict], dict]:
+    """Pair the K responses of each prompt at random (K//2 disjoint pairs) and label each by Bradley–Terry on
+    the gold reward. Returns (rows, counts of kept/dropped pairs)."""
+    rng = random.Random(f"pairs/{seed}")
+    rows, counts = [], {"kept": 0, "tie": 0, "empty": 0}
+    for prompt, ys in zip(prompts, responses):
+        ys = list(ys)
+        rng.shuffle(ys)
+        for a, b in zip(ys[0::2], ys[1::2]):
+            if not a.strip() or not b.strip():
+                counts["empty"] += 1
+                continue
+            ra, rb = task.gold_reward(prompt, a), task.gold_reward(prompt, b)
+            if ra == rb or a == b:
+                counts["tie"] += 1
+                continue
+            a_wins = bradley_terry_label(ra, rb, temperature, rng, argmax=argmax)
+            (c, rc), (r, rr) = ((a, ra), (b, rb)) if a_wins else ((b, rb), (a, ra))
+            rows.append({"prompt": prompt, "chosen": c, "rejected": r, "chosen_reward": rc, "rejected_reward": rr})
+            counts["kept"] += 1
+    return rows, counts
+
+
+def _sample_k(model, tokenizer, prompts: list[str], s: PipelineSettings, seed: int, desc: str,
+              progress: bool) -> list[list[str]]:
+    """K temperature-1 responses per prompt (K rounds over all prompts, each round its own seed)."""
+    rounds = [sample(model, tokenizer, prompts, max_new_tokens=s.max_new_tokens, seed=seed + j, desc=None,
+                     progress=False)[0]
+              for j in tqdm(range(s.k), desc=desc, disable=not progress, dynamic_ncols=True)]
+    return [list(ys) for ys in zip(*rounds)]
+
+
+def stage_pairs(task: Task, s: PipelineSettings, sft_dir: Path, pairs_path: Path, eval_pairs_path: Path, *,
+                progress: bool = True) -> dict:
+    """Sample K responses per train prompt (and per held-out eval prompt) from the SFT model and label pairs."""
+    if pairs_path.exists() and eval_pairs_path.exists():
+        return {"skipped": True}
+    model, tokenizer = load_model(str(sft_dir)), load_tokenizer(str(sft_dir))
+    info = {}
+    for path, split, n, seed in ((pairs_path, "train", s.pair_prompts, s.seed),
+                                 (eval_pairs_path, "heldout", s.eval_pair_prompts, s.seed + 1)):
+        prompts = task.prompts(split, n, seed=seed)
+        responses = _sample_k(model, tokenizer, prompts, s, seed=1000 * (seed + 1), desc=f"sample {split} x{s.k}",
+                              progress=progress)
+        rows, counts = label_pairs(task, prompts, responses, temperature=s.label_temperature, argmax=s.argmax,
+                                   seed=seed)
+        if not rows:
+            raise RuntimeError(f"no preference pairs from {n} {split} prompts ({counts}): every sampled pair tied")
+        _write_jsonl_atomic(path, rows)
+        info[split] = counts
+    return info
+
+
+def stage_dpo(s: PipelineSettings, sft_dir: Path, pairs_path: Path, eval_pairs_path: Path, out_dir: Path, *,
+              progress: bool = True) -> dict:
+    """DPO with the core training loop, from the SFT model, which is also the (frozen) reference."""
+    from tokendpo.config import Config
+    from tokendpo.train import train
+
+    if _complete(out_dir):
+        return {"skipped": True}
+    cfg = Config()
+    cfg.model.model = str(sft_dir)
+    cfg.data.dataset = str(pairs_path)
+    cfg.data.eval_dataset = str(eval_pairs_path)
+    cfg.data.max_length = 64
+    cfg.data.max_prompt_length = 32
+    cfg.loss.beta = s.beta
+    cfg.optim.learning_rate = s.dpo_lr
+    cfg.optim.warmup_steps = max(1, s.dpo_steps // 10)
+    cfg.train.output_dir = str(out_dir)
+    cfg.train.max_steps = s.dpo_steps
+    cfg.train.per_device_train_batch_size = s.dpo_batch_size
+    cfg.train.per_device_eval_batch_size = 64
+    cfg.train.eval_steps = max(1, s.dpo_steps // 4)
+    cfg.train.logging_steps = 1
+    cfg.train.seed = s.seed
+    cfg.train.progress = progress
+    final = train(cfg)
+    _mark_complete(out_dir, {"stage": "dpo", "final": final})
+    return final
+
+
+def stage_eval(task: Task, s: PipelineSettings, sft_dir: Path, dpo_dir: Path, eval_pairs_path: Path,
+               summary_path: Path, *, progress: bool = True) -> dict:
+    if summary_path.exists():
+        return json.loads(summary_path.read_text())
+    summary = evaluate_policies(task, sft_dir, dpo_dir, eval_pairs_path, n_prompts=s.eval_prompts,
+                                max_new_tokens=s.max_new_tokens, beta=s.beta, seed=s.seed, progress=progress)
+    tmp = summary_path.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(summary, indent=1) + "\n")
+    os.replace(tmp, summary_path)
+    return summary
+
+
+# ---------------------------------------------------------------------------------------------------- driver
+def run_pipeline(task: str = DEFAULT_TASK, output_dir: str = "outputs/default", *, seed: int = 0,
+                 quick: bool = False, stages: tuple[str, ...] = STAGES, progress: bool = True,
+                 print_summary: bool = True, **overrides) -> dict:
+    """Run (or resume) the whole experiment on a built-in task; returns summary.json's content (or {} when the
+    eval stage was not among `stages`). `overrides` set any PipelineSettings field (k, beta, argmax, ...)."""
+    t = get_task(task)
+    bad = set(stages) - set(STAGES)
+    if bad:
+        raise ValueError(f"unknown stage(s) {sorted(bad)}; stages: {', '.join(STAGES)}")
+    s = PipelineSettings.resolve(t, seed=seed, quick=quick, **overrides)
+    out = Path(output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    record_path = out / "pipeline.json"
+    record = json.loads(record_path.read_text()) if record_path.exists() else {}
+    if record and record.get("settings") != asdict(s):
+        raise ValueError(f"{out} holds a run with other settings ({record_path}); use another --output_dir or "
+                         f"delete it. Saved: {record.get('settings')}; now: {asdict(s)}")
+    record["settings"] = asdict(s)
+    record.setdefault("seconds", {})
+
+    sft_dir, dpo_dir = out / "sft", out / "dpo"
+    pairs, eval_pairs = out / "pairs.jsonl", out / "pairs_eval.jsonl"
+    # (already done?, run) per stage; a done stage is skipped and keeps its recorded time
+    steps = {
+        "sft": (lambda: _complete(sft_dir), lambda: stage_sft(t, s, sft_dir, progress=progress)),
+        "pairs": (lambda: pairs.exists() and eval_pairs.exists(),
+                  lambda: stage_pairs(t, s, sft_dir, pairs, eval_pairs, progress=progress)),
+        "dpo": (lambda: _complete(dpo_dir),
+                lambda: stage_dpo(s, sft_dir, pairs, eval_pairs, dpo_dir, progress=progress)),
+        "eval": (lambda: (out / "summary.json").exists(),
+                 lambda: stage_eval(t, s, sft_dir, dpo_dir, eval_pairs, out / "summary.json", progress=progress)),
+    }
+    summary: dict = {}
+    for name in STAGES:
+        if name not in stages:
+            continue
+        done, run = steps[name]
+        was_done = done()
+        t0 = time.perf_counter()
+        result = run()
+        if not was_done:
+            record["seconds"][name] = round(time.perf_counter() - t0, 1)
+            if name == "pairs":
+                record["pairs"] = result
+        if name == "eval":
+            summary = result
+        record_path.write_text(json.dumps(record, indent=1) + "\n")
+    if summary and print_summary:
+        print_table(summary, title=f"task {t.name}: {out}  (stage seconds: {record['seconds']})")
+    return summary
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m tokendpo.tasks.pipeline", description=__doc__.split("\n")[0])
+    ap.add_argument("--task", default=DEFAULT_TASK, choices=sorted(TASKS))
+    ap.add_argument("--output_dir", default="outputs/default")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--quick", action="store_true", help="a few-minute run with smaller sizes")
+    ap.add_argument("--stage", default="all", choices=("all",) + STAGES,
+                    help="run one stage (its inputs must exist) or all (default)")
+    ap.add_argument("--argmax", action="store_true", help="label pairs by the higher gold reward (no BT sampling)")
+    for name, typ in (("k", int), ("label_temperature", float), ("beta", float), ("sft_steps", int),
+                      ("dpo_steps", int), ("dpo_lr", float), ("eval_prompts", int)):
+        ap.add_argument(f"--{name}", type=typ, default=None, help="override the task recipe")
+    a = ap.parse_args(argv)
+    overrides = {k: getattr(a, k) for k in ("k", "label_temperature", "beta", "sft_steps", "dpo_steps", "dpo_lr",
+                                            "eval_prompts")}
+    run_pipeline(a.task, a.output_dir, seed=a.seed, quick=a.quick,
+                 stages=STAGES if a.stage == "all" else (a.stage,), argmax=a.argmax or None, **overrides)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
