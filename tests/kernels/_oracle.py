@@ -1,0 +1,57 @@
+"""Shared helpers for the kernel tests: random problems and the comparison against the float64 naive oracle."""
+
+import torch
+
+from kernels.logprobs_naive import naive_token_stats
+
+
+def make_problem(N, V, H, *, dtype=torch.float32, bias=True, ref=False, ignored=(), seed=0, H_ref=None):
+    """Fresh random inputs; logits of order 1–5 so the softmax is neither flat nor one-hot."""
+    g = torch.Generator().manual_seed(seed)
+    hidden = torch.randn(N, H, generator=g, dtype=torch.float64)
+    weight = torch.randn(V, H, generator=g, dtype=torch.float64) * (2.0 / H**0.5)
+    targets = torch.randint(0, V, (N,), generator=g)
+    for i in ignored:
+        targets[i] = -100
+    p = dict(hidden=hidden, weight=weight, targets=targets,
+             bias=torch.randn(V, generator=g, dtype=torch.float64) if bias else None)
+    if ref:
+        hr = H_ref or H + 3
+        p["ref_hidden"] = torch.randn(N, hr, generator=g, dtype=torch.float64)
+        p["ref_weight"] = torch.randn(V, hr, generator=g, dtype=torch.float64) * (2.0 / hr**0.5)
+        p["ref_bias"] = torch.randn(V, generator=g, dtype=torch.float64) if bias else None
+    # Round to the test dtype once, so the oracle sees exactly the inputs the implementation sees.
+    return {k: v.to(dtype) if isinstance(v, torch.Tensor) and v.is_floating_point() else v for k, v in p.items()}
+
+
+def run(fn, problem, *, entropy=False, seed=1, **kwargs):
+    """Outputs and the gradients of a random weighting of them w.r.t. hidden, weight (and bias)."""
+    p = {k: (v.detach().clone().requires_grad_(k in ("hidden", "weight", "bias"))
+             if isinstance(v, torch.Tensor) else v) for k, v in problem.items()}
+    outs = fn(p["hidden"], p["weight"], p["targets"], bias=p["bias"], entropy=entropy,
+              ref_hidden=p.get("ref_hidden"), ref_weight=p.get("ref_weight"), ref_bias=p.get("ref_bias"), **kwargs)
+    outs = [o for o in outs if o is not None]
+    g = torch.Generator().manual_seed(seed)
+    loss = sum((o * torch.randn(o.shape, generator=g, dtype=torch.float64).to(o.dtype)).sum() for o in outs)
+    wrt = [p["hidden"], p["weight"]] + ([p["bias"]] if p["bias"] is not None else [])
+    grads = torch.autograd.grad(loss, wrt) if loss.requires_grad else [torch.zeros_like(w) for w in wrt]
+    return [o.detach() for o in outs], [gr.detach() for gr in grads]
+
+
+def oracle(problem, *, entropy=False):
+    """The naive implementation on float64 copies of the (already rounded) inputs."""
+    p64 = {k: v.double() if isinstance(v, torch.Tensor) and v.is_floating_point() else v for k, v in problem.items()}
+    return run(naive_token_stats, p64, entropy=entropy)
+
+
+def assert_matches(got, want, *, rtol, atol_scale):
+    """Each output/gradient within rtol, with atol = atol_scale × the tensor's largest magnitude (gradients of
+    a sum over V terms cancel; a purely relative test would demand digits below the rounding of the sum)."""
+    outs, grads = got
+    w_outs, w_grads = want
+    assert len(outs) == len(w_outs) and len(grads) == len(w_grads)
+    for name, a, b in [("out", a, b) for a, b in zip(outs, w_outs)] + [("grad", a, b) for a, b in zip(grads, w_grads)]:
+        assert a.shape == b.shape, (name, a.shape, b.shape)
+        assert torch.isfinite(a).all(), f"{name}: non-finite values (unwritten output?)"
+        atol = atol_scale * float(b.abs().max()) + 1e-30
+        torch.testing.assert_close(a.double(), b.double(), rtol=rtol, atol=atol, msg=lambda m: f"{name}: {m}")

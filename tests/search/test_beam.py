@@ -1,0 +1,111 @@
+"""Beam search against transformers' generate (external oracle) and against exhaustive enumeration; CBS."""
+
+import itertools
+import math
+
+import pytest
+import torch
+
+from search.beam import beam_search, chunk_beam_search
+from search.sampling import best_of_n
+from search.scorer import PairScorer
+
+
+def hf_beam(model, prompt, k, max_new, eos, pad, length_penalty):
+    out = model.generate(torch.tensor([prompt]), attention_mask=torch.ones(1, len(prompt), dtype=torch.long),
+                         num_beams=k, do_sample=False, length_penalty=length_penalty, max_new_tokens=max_new,
+                         eos_token_id=eos, pad_token_id=pad)
+    ids = out[0, len(prompt):].tolist()
+    return ids[: ids.index(eos) + 1] if eos in ids else ids
+
+
+@pytest.mark.parametrize("k,alpha", [(1, 0.0), (3, 0.0), (4, 0.0), (3, 1.0)])
+def test_likelihood_beam_equals_transformers(eos_policy, reference, tokenizer, make_prompts, k, alpha):
+    """--beam K --score likelihood == top sequence of generate(num_beams=K, do_sample=False,
+    length_penalty=α) (early_stopping=False, HF's default), on an EOS-prone policy so hypotheses finish at
+    many different steps; our prompts are decoded as one left-padded batch, HF's one by one."""
+    scorer = PairScorer(eos_policy, reference, beta=0.1, pad_token_id=tokenizer.pad_token_id)
+    prompts = make_prompts(10, seed=100 + k)
+    eos, pad = tokenizer.eos_token_id, tokenizer.pad_token_id
+    ours = beam_search(scorer, prompts, num_beams=k, max_new_tokens=14, eos_token_id=eos, score="likelihood",
+                       length_norm=alpha)
+    theirs = [hf_beam(eos_policy, p, k, 14, eos, pad, alpha) for p in prompts]
+    assert [d.token_ids for d in ours] == theirs
+    lengths = {len(t) for t in theirs}
+    assert len(lengths) >= 2  # the oracle exercised EOS handling, not only max length
+
+
+def test_likelihood_beam_long_equals_transformers(policy, reference, tokenizer, make_prompts):
+    scorer = PairScorer(policy, reference, beta=0.1, pad_token_id=tokenizer.pad_token_id)
+    prompts = make_prompts(3, seed=7)
+    ours = beam_search(scorer, prompts, num_beams=4, max_new_tokens=24, eos_token_id=tokenizer.eos_token_id,
+                       score="likelihood")
+    theirs = [hf_beam(policy, p, 4, 24, tokenizer.eos_token_id, tokenizer.pad_token_id, 0.0) for p in prompts]
+    assert [d.token_ids for d in ours] == theirs
+
+
+EOS, V, MAX_NEW = 1, 4, 3
+
+
+def random_table(seed):
+    """Random logits for every prefix (BOS=0 first) a 3-token response can reach."""
+    g = torch.Generator().manual_seed(seed)
+    table = {}
+    for n in range(MAX_NEW):
+        for body in itertools.product([0, 2, 3], repeat=n):
+            table[(0,) + body] = (2 * torch.randn(V, generator=g)).tolist()
+    return table
+
+
+def brute_force(pol, ref, score, beta, length_penalty, alpha):
+    """Best complete response by enumeration: ends with EOS, or has MAX_NEW tokens."""
+    def logp(table, prefix, tok):
+        return float(torch.log_softmax(torch.tensor(table[prefix]), 0)[tok])
+
+    best, best_s = None, -math.inf
+    for n in range(1, MAX_NEW + 1):
+        for seq in itertools.product(range(V), repeat=n):
+            if EOS in seq[:-1] or (n < MAX_NEW and seq[-1] != EOS):
+                continue
+            prefixes = [(0,) + seq[:i] for i in range(n)]
+            lp = sum(logp(pol, pre, t) for pre, t in zip(prefixes, seq))
+            lr = sum(logp(ref, pre, t) for pre, t in zip(prefixes, seq))
+            s = (lp - lr if score == "implicit" else lp) - length_penalty / beta * n
+            s = s / n ** alpha
+            if s > best_s:
+                best, best_s = list(seq), s
+    return best
+
+
+@pytest.mark.parametrize("score,length_penalty,alpha", [("implicit", 0.0, 0.0), ("likelihood", 0.0, 0.0),
+                                                        ("implicit", 0.2, 0.0), ("implicit", 0.0, 1.0)])
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_wide_beam_is_exhaustive(table_lm, score, length_penalty, alpha, seed):
+    """With K beams ≥ every partial response, beam search returns the enumerated optimum of its score."""
+    pol, ref = random_table(seed), random_table(seed + 50)
+    scorer = PairScorer(table_lm(pol, V), table_lm(ref, V), beta=0.5, pad_token_id=0)
+    out = beam_search(scorer, [[0]], num_beams=16, max_new_tokens=MAX_NEW, eos_token_id=EOS, score=score,
+                      length_penalty=length_penalty, length_norm=alpha)
+    assert out[0].token_ids == brute_force(pol, ref, score, 0.5, length_penalty, alpha)
+
+
+def test_cbs_one_full_chunk_is_best_of_n(scorer, tokenizer, make_prompts):
+    """CBS whose first chunk already reaches max_new_tokens ranks W·K samples once: best-of-(W·K), same draws."""
+    prompts = make_prompts(3, seed=21)
+    eos = tokenizer.eos_token_id
+    cbs = chunk_beam_search(scorer, prompts, width=2, samples=3, chunk=10, max_new_tokens=10, eos_token_id=eos,
+                            generator=torch.Generator().manual_seed(4))
+    bon = best_of_n(scorer, prompts, n=6, max_new_tokens=10, eos_token_id=eos,
+                    generator=torch.Generator().manual_seed(4))
+    assert [d.token_ids for d in cbs] == [d.token_ids for d in bon]
+    assert [d.forward_tokens for d in cbs] == [d.forward_tokens for d in bon]
+
+
+def test_cbs_chunks(scorer, tokenizer, make_prompts):
+    """Several rounds of 3-token chunks: responses end at EOS or exactly max_new_tokens."""
+    prompts = make_prompts(2, seed=22)
+    out = chunk_beam_search(scorer, prompts, width=2, samples=2, chunk=3, max_new_tokens=10,
+                            eos_token_id=tokenizer.eos_token_id, generator=torch.Generator().manual_seed(0))
+    for d in out:
+        assert len(d.token_ids) == 10 or d.token_ids[-1] == tokenizer.eos_token_id
+        assert len(d.token_rewards) == len(d.token_ids)
