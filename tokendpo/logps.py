@@ -19,11 +19,11 @@ import kernels
 class SequenceLogps:
     """Log-prob view of a collated batch (rows = sequences)."""
 
-    token_logps: torch.Tensor  # (R, T-1) float32, 0.0 off the response
-    mask: torch.Tensor  # (R, T-1) bool, True on response targets
-    logps: torch.Tensor  # (R,) summed over response tokens
-    lengths: torch.Tensor  # (R,) response tokens per row
-    mean_logit: torch.Tensor  # (R,) mean over response positions of mean_v logits (detached)
+    token_logps: torch.Tensor  # (rows, T-1) float32 in the batch's layout, 0.0 off the response
+    mask: torch.Tensor  # (rows, T-1) bool, True on response targets
+    logps: torch.Tensor  # (S,) per sequence, summed over response tokens (S = rows unless packed)
+    lengths: torch.Tensor  # (S,) response tokens per sequence
+    mean_logit: torch.Tensor  # (S,) mean over response positions of mean_v logits (detached)
     hidden: torch.Tensor | None = None  # (N, H) hidden states at response positions, when asked for
     kl: torch.Tensor | None = None  # (R,) Σ_t KL(π_ref(·|s_t) ‖ π(·|s_t)) over response positions, when asked for
 
@@ -50,23 +50,31 @@ def final_hidden(model: torch.nn.Module, input_ids: torch.Tensor, attention_mask
                  position_ids: torch.Tensor | None = None) -> torch.Tensor:
     """(B, T, H) final hidden states (after the final norm), the LM head not run."""
     out = body(model)(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
-                      use_cache=False)
+                      use_cache=False)  # attention_mask None + restarting position_ids = packed sequences
     return out.last_hidden_state
 
 
 def sequence_logps(model: torch.nn.Module, batch: dict[str, torch.Tensor], *, kernel: str = "auto",
                    keep_hidden: bool = False, reference=None) -> SequenceLogps:
-    """Per-token and summed log-probs of the labelled (response) tokens of every row of `batch`.
+    """Per-token and per-sequence log-probs of the labelled (response) tokens of `batch`.
 
-    batch: input_ids (R, T), attention_mask (R, T), labels (R, T) with -100 off the response
-    (positions aligned with input_ids; the shift happens here).
+    batch: input_ids (R, T), attention_mask (R, T), labels (R, T) with -100 off the response (positions aligned
+    with input_ids; the shift happens here) — or a packed batch (`collate_packed`: one row, position_ids and
+    seq_ids, attention_mask None), whose per-sequence outputs come out in the same order as the padded layout.
     reference: optional callable mask -> (ref_hidden (N, H_ref), ref_weight, ref_bias); when given, the same
-    fused pass also returns TDPO's sequential KL Σ_t KL(π_ref ‖ π) per row.
+    fused pass also returns TDPO's sequential KL Σ_t KL(π_ref ‖ π) per sequence.
     """
     hidden = final_hidden(model, batch["input_ids"], batch["attention_mask"], batch.get("position_ids"))
     targets = batch["labels"][:, 1:]  # (R, T-1)
     mask = targets != -100
     h = hidden[:, :-1][mask]  # (N, H): only response positions reach the LM head
+    if "seq_ids" in batch:  # packed: the sequence a target belongs to
+        owner = batch["seq_ids"][:, 1:][mask]
+        n_seq = int(batch["seq_ids"].max()) + 1
+    else:
+        owner = torch.arange(mask.shape[0], device=mask.device).unsqueeze(1).expand_as(mask)[mask]
+        n_seq = mask.shape[0]
+    per_seq = lambda x: torch.zeros(n_seq, dtype=x.dtype, device=x.device).index_add(0, owner, x)  # noqa: E731
     weight, bias = lm_head(model)
     kl = None
     if reference is None:
@@ -75,15 +83,10 @@ def sequence_logps(model: torch.nn.Module, batch: dict[str, torch.Tensor], *, ke
         ref_h, ref_w, ref_b = reference(mask)
         stats = kernels.token_stats(h, weight, targets[mask], bias=bias, ref_hidden=ref_h, ref_weight=ref_w,
                                     ref_bias=ref_b, impl=kernel)
-        logp = stats.logps
-        kl = torch.zeros(mask.shape, dtype=logp.dtype, device=logp.device).masked_scatter(mask, stats.kl).sum(-1)
-    token_logps = torch.zeros(mask.shape, dtype=logp.dtype, device=logp.device)
-    token_logps = token_logps.masked_scatter(mask, logp)
-    lengths = mask.sum(-1)
+        logp, kl = stats.logps, per_seq(stats.kl)
+    token_logps = torch.zeros(mask.shape, dtype=logp.dtype, device=logp.device).masked_scatter(mask, logp)
+    lengths = per_seq(torch.ones_like(owner))
     with torch.no_grad():  # mean_v(h·W_v + b_v) = h·mean_v(W) + mean(b): the mean logit without the logits
-        w_mean = weight.float().mean(0)
-        per_pos = h.float() @ w_mean + (bias.float().mean() if bias is not None else 0.0)
-        sums = torch.zeros(mask.shape, dtype=per_pos.dtype, device=per_pos.device).masked_scatter(mask, per_pos)
-        mean_logit = sums.sum(-1) / lengths.clamp(min=1)
-    return SequenceLogps(token_logps, mask, token_logps.sum(-1), lengths, mean_logit,
-                         h if keep_hidden else None, kl)
+        per_pos = h.float() @ weight.float().mean(0) + (bias.float().mean() if bias is not None else 0.0)
+        mean_logit = per_seq(per_pos) / lengths.clamp(min=1)
+    return SequenceLogps(token_logps, mask, per_seq(logp), lengths, mean_logit, h if keep_hidden else None, kl)

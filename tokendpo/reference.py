@@ -53,7 +53,7 @@ class Reference:
                 raise ValueError("reference cache has no hidden states; rebuild it with a tdpo loss_type")
             return self._cached(indices, "hidden", flat=True).to(batch["input_ids"].device)
         with self._ctx():
-            h = final_hidden(self.model, batch["input_ids"], batch["attention_mask"])
+            h = final_hidden(self.model, batch["input_ids"], batch["attention_mask"], batch.get("position_ids"))
         return h[:, :-1][batch["labels"][:, 1:] != -100]
 
     def lm_head(self) -> tuple[torch.Tensor, torch.Tensor | None]:

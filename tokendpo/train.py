@@ -22,7 +22,7 @@ from transformers import get_cosine_schedule_with_warmup
 from tokendpo import config as config_mod
 from tokendpo.checkpoint import TrainState, load_training_state, resolve_resume, save_checkpoint
 from tokendpo.config import Config
-from tokendpo.data import collate_pairs, load_preference_data
+from tokendpo.data import collate_packed, collate_pairs, load_preference_data
 from tokendpo.logps import sequence_logps
 from tokendpo.losses import preference_loss, sft_loss
 from tokendpo.reference import Reference, cache_key
@@ -78,7 +78,8 @@ def total_steps(cfg: Config, n_pairs: int) -> int:
 
 def pair_forward(model, ref: Reference, pairs, indices, tokenizer, cfg: Config, device) -> dict[str, torch.Tensor]:
     """Loss and metrics of one micro-batch: chosen and rejected in one concatenated forward per model."""
-    batch = {k: v.to(device) for k, v in collate_pairs(pairs, tokenizer.pad_token_id).items()}
+    collated = collate_packed(pairs) if cfg.data.packing else collate_pairs(pairs, tokenizer.pad_token_id)
+    batch = {k: v.to(device) if v is not None else None for k, v in collated.items()}
     b = len(pairs)
     tdpo = cfg.loss.loss_type in ("tdpo1", "tdpo2")
     autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=cfg.model.bf16 and device.type == "cuda")

@@ -51,8 +51,9 @@ mixed-type columns through Arrow). Parquet files, `save_to_disk` dirs and hub id
 """
 
 from tokendpo.data.formats import ROLES
-from tokendpo.data.pairs import DataStats, TokenizedPair, collate_pairs, load_preference_data, split_eval, tokenize_pair
+from tokendpo.data.pairs import (DataStats, TokenizedPair, collate_packed, collate_pairs, load_preference_data, split_eval,
+                                 tokenize_pair)
 from tokendpo.data.rows import DataError
 
-__all__ = ["DataError", "DataStats", "ROLES", "TokenizedPair", "collate_pairs", "load_preference_data",
+__all__ = ["DataError", "DataStats", "ROLES", "TokenizedPair", "collate_packed", "collate_pairs", "load_preference_data",
            "split_eval", "tokenize_pair"]

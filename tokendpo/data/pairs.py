@@ -242,3 +242,28 @@ def collate_pairs(pairs: list[TokenizedPair], pad_token_id: int) -> dict[str, to
         attention_mask[i, :n] = 1
         labels[i, n_p:n] = torch.tensor(resp, dtype=torch.long)
     return {"input_ids": input_ids, "attention_mask": attention_mask, "labels": labels}
+
+
+def collate_packed(pairs: list[TokenizedPair]) -> dict[str, torch.Tensor]:
+    """Padding-free batch: the 2B sequences of `collate_pairs` (same order) concatenated into ONE row.
+
+    input_ids, labels, position_ids, seq_ids: (1, L) with L = Σ sequence lengths, no pad token anywhere.
+    position_ids restart at 0 for every sequence; transformers turns that into a block-diagonal causal mask
+    when attention_mask is None (masking_utils.find_packed_sequence_indices), so no token attends across a
+    boundary. seq_ids[t] is the collate row (0..2B-1) of position t. The first token of every sequence is never a
+    label (it has no predecessor in its sequence), as in the padded layout.
+    """
+    if not pairs:
+        raise ValueError("collate_packed: empty batch")
+    rows = [(p.prompt_ids, p.chosen_ids) for p in pairs] + [(p.prompt_ids, p.rejected_ids) for p in pairs]
+    ids, labels, pos, seq = [], [], [], []
+    for i, (prompt, resp) in enumerate(rows):
+        n = len(prompt) + len(resp)
+        ids += prompt + resp
+        labels += [-100] * len(prompt) + list(resp)
+        labels[len(labels) - n] = -100
+        pos += range(n)
+        seq += [i] * n
+    as_row = lambda x: torch.tensor([x], dtype=torch.long)  # noqa: E731
+    return {"input_ids": as_row(ids), "labels": as_row(labels), "position_ids": as_row(pos),
+            "seq_ids": as_row(seq), "attention_mask": None}
