@@ -37,6 +37,11 @@ class NonFiniteError(RuntimeError):
     pass
 
 
+def say(msg: str) -> None:
+    """A log line on stderr that does not break the progress bar."""
+    tqdm.write(msg, file=sys.stderr)
+
+
 def pick_device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -183,7 +188,7 @@ def train(cfg: Config, *, cli_values: dict | None = None) -> dict[str, float]:
     model_path = resolve_model_path(cfg, out)
     tokenizer = load_tokenizer(model_path)
     train_pairs, eval_pairs, stats = load_preference_data(cfg.data, tokenizer, seed=cfg.train.seed)
-    tqdm.write(stats.summary())
+    say(stats.summary())
     out.mkdir(parents=True, exist_ok=True)
     (out / "data_stats.json").write_text(json.dumps(stats.to_dict(), indent=1))
     model, ref = build_policy_and_reference(cfg, model_path, ckpt, device)
@@ -194,7 +199,7 @@ def train(cfg: Config, *, cli_values: dict | None = None) -> dict[str, float]:
         path = ref.precompute(all_pairs, tokenizer.pad_token_id, Path(cfg.model.ref_cache_dir or out / "ref_cache"),
                               key=key, with_hidden=cfg.loss.loss_type in ("tdpo1", "tdpo2"),
                               progress=cfg.train.progress)
-        tqdm.write(f"reference log-probs cached at {path}")
+        say(f"reference log-probs cached at {path}")
     n_steps = total_steps(cfg, len(train_pairs))
 
     optimizer = torch.optim.AdamW(
@@ -246,7 +251,7 @@ def train(cfg: Config, *, cli_values: dict | None = None) -> dict[str, float]:
                     raise NonFiniteError(
                         f"step {state.step + 1}: {what} (loss={step_metrics['loss']}, grad_norm={grad_norm}); "
                         f"stopping — the last checkpoint in {out} is intact")
-                tqdm.write(f"step {state.step + 1}: {what}; skipping the update (--nan_policy skip)")
+                say(f"step {state.step + 1}: {what}; skipping the update (--nan_policy skip)")
                 optimizer.zero_grad(set_to_none=True)
                 state.step += 1
                 scheduler.step()
@@ -275,7 +280,7 @@ def train(cfg: Config, *, cli_values: dict | None = None) -> dict[str, float]:
                 checkpoint(state.step)
             if stop_signal:
                 checkpoint(state.step)
-                tqdm.write(f"signal {stop_signal[0]}: saved checkpoint-{state.step} in {out}; exiting")
+                say(f"signal {stop_signal[0]}: saved checkpoint-{state.step} in {out}; exiting")
                 raise SystemExit(128 + stop_signal[0])
     finally:
         bar.close()
@@ -343,9 +348,9 @@ def _eval_and_track(model, ref, eval_pairs, tokenizer, cfg, device, state: Train
         state.evals_without_improvement += 1
         if 0 < cfg.train.early_stopping_patience <= state.evals_without_improvement:
             state.stopped_early = True
-            tqdm.write(f"early stopping at step {state.step}: eval_rewards/accuracies has not improved on "
+            say(f"early stopping at step {state.step}: eval_rewards/accuracies has not improved on "
                        f"{state.best_eval_accuracy:.4f} for {state.evals_without_improvement} evals")
-    tqdm.write(f"step {state.step}: " + ", ".join(f"{k}={v:.4f}" for k, v in metrics.items()))
+    say(f"step {state.step}: " + ", ".join(f"{k}={v:.4f}" for k, v in metrics.items()))
     return metrics
 
 
