@@ -29,6 +29,7 @@ class TrainState:
     evals_without_improvement: int = 0
     stopped_early: bool = False
     log_history_len: int = 0  # rows of metrics.jsonl written up to this step
+    world_size: int = 1  # processes that wrote the checkpoint (resume at another size keeps the global batch)
     extra: dict = field(default_factory=dict)
 
     def state_dict(self) -> dict:
@@ -61,16 +62,19 @@ def set_rng_state(state: dict) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
-def save_checkpoint(output_dir: Path, step: int, *, model, tokenizer, optimizer, scheduler, state: TrainState,
-                    config_yaml: str, save_total_limit: int = 0, save_model_fn=None) -> Path:
-    """Write checkpoint-{step}/ atomically, then prune to the newest `save_total_limit` (0 = keep all)."""
+def save_checkpoint(output_dir: Path, step: int, *, save_model_fn, tokenizer, optimizer_state: dict, scheduler,
+                    state: TrainState, config_yaml: str, save_total_limit: int = 0) -> Path:
+    """Write checkpoint-{step}/ atomically, then prune to the newest `save_total_limit` (0 = keep all).
+
+    save_model_fn(dir) writes the weights (save_pretrained); optimizer_state is the full, parameter-name-keyed
+    optimizer state (tokendpo.distributed.full_optimizer_state), loadable at any world size."""
     final = output_dir / f"checkpoint-{step}"
     tmp = output_dir / f".tmp-checkpoint-{step}"
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
-    (save_model_fn or (lambda d: model.save_pretrained(d, safe_serialization=True)))(tmp)
+    save_model_fn(tmp)
     tokenizer.save_pretrained(tmp)
-    torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
+    torch.save(optimizer_state, tmp / "optimizer.pt")
     torch.save(scheduler.state_dict(), tmp / "scheduler.pt")
     # numpy/python RNG states are plain tuples/arrays; pickled through torch.save but loaded weights_only below
     torch.save(_rng_to_tensors(rng_state()), tmp / "rng.pt")
@@ -106,11 +110,12 @@ def _rng_from_tensors(d: dict) -> dict:
             "python": (p[0], tuple(p[1]), p[2])}
 
 
-def load_training_state(ckpt: Path, optimizer, scheduler) -> TrainState:
-    optimizer.load_state_dict(torch.load(ckpt / "optimizer.pt", weights_only=True))
+def load_training_state(ckpt: Path, scheduler) -> tuple[TrainState, dict]:
+    """Restore scheduler and RNG; return the TrainState and the full optimizer state (to load after wrapping)."""
     scheduler.load_state_dict(torch.load(ckpt / "scheduler.pt", weights_only=True))
     set_rng_state(_rng_from_tensors(torch.load(ckpt / "rng.pt", weights_only=True)))
-    return TrainState.from_state_dict(json.loads((ckpt / "trainer_state.json").read_text()))
+    state = TrainState.from_state_dict(json.loads((ckpt / "trainer_state.json").read_text()))
+    return state, torch.load(ckpt / "optimizer.pt", weights_only=True)
 
 
 def resolve_resume(resume_from: str, output_dir: str | Path) -> Path:

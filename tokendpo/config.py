@@ -97,6 +97,7 @@ class TrainConfig:
     nan_policy: str = _f("stop", "on NaN/inf loss or gradients: stop (keep last good checkpoint) or skip the step",
                          ("stop", "skip"))
     device: str = _f("auto", "cpu, cuda, or auto")
+    parallel: str = _f("ddp", "under torchrun: DDP replicas or FSDP2 (fully_shard) sharding", ("ddp", "fsdp"))
     progress: bool = _f(True, "show a tqdm progress bar")
 
 

@@ -90,3 +90,16 @@ def sequence_logps(model: torch.nn.Module, batch: dict[str, torch.Tensor], *, ke
         per_pos = h.float() @ weight.float().mean(0) + (bias.float().mean() if bias is not None else 0.0)
         mean_logit = per_seq(per_pos) / lengths.clamp(min=1)
     return SequenceLogps(token_logps, mask, per_seq(logp), lengths, mean_logit, h if keep_hidden else None, kl)
+
+
+class PolicyLogps(torch.nn.Module):
+    """`sequence_logps` as a module, so DDP / FSDP2 wrap it and their forward hooks (gradient sync, unsharding of
+    the embedding and LM head) run although the model's own LM-head product never does."""
+
+    def __init__(self, model: torch.nn.Module, kernel: str = "auto"):
+        super().__init__()
+        self.model = model
+        self.kernel = kernel
+
+    def forward(self, batch: dict[str, torch.Tensor], reference=None) -> SequenceLogps:
+        return sequence_logps(self.model, batch, kernel=self.kernel, reference=reference)

@@ -162,8 +162,15 @@ def apply_lora(model: torch.nn.Module, model_cfg, checkpoint: str | os.PathLike 
     return get_peft_model(model, lora)
 
 
-def save_final_model(model: torch.nn.Module, out_dir: str | os.PathLike, *, adapter_only: bool = False) -> None:
+def save_weights(model: torch.nn.Module, out_dir: str | os.PathLike, state_dict: dict | None = None) -> None:
+    """save_pretrained in safetensors (a peft model saves its adapter), from a given full state dict if any."""
+    model.save_pretrained(out_dir, state_dict=state_dict, safe_serialization=True)
+
+
+def save_final_model(model: torch.nn.Module, out_dir: str | os.PathLike, state_dict: dict | None = None, *,
+                     adapter_only: bool = False) -> None:
     """Save transformers-loadable safetensors weights; a LoRA model is merged into its base unless adapter_only."""
     if hasattr(model, "merge_and_unload") and not adapter_only:
-        model = model.merge_and_unload()
-    model.save_pretrained(out_dir, safe_serialization=True)
+        model.merge_and_unload().save_pretrained(out_dir, safe_serialization=True)
+        return
+    save_weights(model, out_dir, state_dict)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import signal
 import sys
 import time
@@ -23,11 +24,12 @@ from tokendpo import config as config_mod
 from tokendpo.checkpoint import TrainState, load_training_state, resolve_resume, save_checkpoint
 from tokendpo.config import Config
 from tokendpo.data import collate_packed, collate_pairs, load_preference_data
-from tokendpo.logps import sequence_logps
+from tokendpo import distributed
+from tokendpo.logps import PolicyLogps
 from tokendpo.losses import preference_loss, sft_loss
 from tokendpo.reference import Reference, cache_key
 from tokendpo.modeling import (PRESETS, apply_lora, build_preset, check_lm_head_supported, load_model,
-                               load_tokenizer, save_final_model)
+                               load_tokenizer, save_final_model, save_weights)
 
 METRIC_KEYS = ("loss", "rewards/chosen", "rewards/rejected", "rewards/accuracies", "rewards/margins",
                "logps/chosen", "logps/rejected", "logits/chosen", "logits/rejected")
@@ -62,27 +64,36 @@ def micro_batches_per_epoch(n_pairs: int, batch_size: int) -> int:
     return math.ceil(n_pairs / batch_size)
 
 
-def micro_batch(n_pairs: int, step: int, k: int, cfg: Config) -> list[int]:
-    """Pair indices of the k-th micro-batch of optimizer step `step`: a pure function of (seed, step, k), so
-    resume is exact. Global micro-batch m = step·accum + k falls in epoch m // per_epoch; each epoch shuffles
-    with seed + epoch."""
+def micro_batch(n_pairs: int, step: int, k: int, cfg: Config, d: distributed.Dist = distributed.Dist()) -> list[int]:
+    """This rank's pair indices of the k-th micro-batch of optimizer step `step`.
+
+    A pure function of (seed, step, k, rank), so resume is exact. The global micro-batch (per-device batch ×
+    world size pairs) m = step·accum + k falls in epoch m // per_epoch, each epoch shuffled with seed + epoch;
+    rank r takes the r-th slice of it — so N processes see exactly the pairs one process would at the same
+    global batch size."""
     bs, accum = cfg.train.per_device_train_batch_size, cfg.train.gradient_accumulation_steps
-    per_epoch = micro_batches_per_epoch(n_pairs, bs)
+    global_bs = bs * d.world_size
+    per_epoch = micro_batches_per_epoch(n_pairs, global_bs)
     m = step * accum + k
     epoch, idx = divmod(m, per_epoch)
     g = torch.Generator().manual_seed(cfg.train.seed + epoch)
-    return torch.randperm(n_pairs, generator=g)[idx * bs:(idx + 1) * bs].tolist()
+    batch = torch.randperm(n_pairs, generator=g)[idx * global_bs:(idx + 1) * global_bs]
+    mine = batch[d.rank * bs:(d.rank + 1) * bs]
+    return (mine if len(mine) else batch[-1:]).tolist()  # a short last batch: no rank may sit out (collectives)
 
 
-def total_steps(cfg: Config, n_pairs: int) -> int:
+def total_steps(cfg: Config, n_pairs: int, world_size: int = 1) -> int:
     if cfg.train.max_steps > 0:
         return cfg.train.max_steps
-    per_epoch = micro_batches_per_epoch(n_pairs, cfg.train.per_device_train_batch_size)
+    per_epoch = micro_batches_per_epoch(n_pairs, cfg.train.per_device_train_batch_size * world_size)
     return max(1, math.ceil(cfg.train.num_epochs * per_epoch / cfg.train.gradient_accumulation_steps))
 
 
-def pair_forward(model, ref: Reference, pairs, indices, tokenizer, cfg: Config, device) -> dict[str, torch.Tensor]:
-    """Loss and metrics of one micro-batch: chosen and rejected in one concatenated forward per model."""
+def pair_forward(policy: torch.nn.Module, ref: Reference, pairs, indices, tokenizer, cfg: Config,
+                 device) -> dict[str, torch.Tensor]:
+    """Loss and metrics of one micro-batch: chosen and rejected in one concatenated forward per model.
+
+    policy: a PolicyLogps module (possibly DDP/FSDP-wrapped) returning SequenceLogps for a batch."""
     collated = collate_packed(pairs) if cfg.data.packing else collate_pairs(pairs, tokenizer.pad_token_id)
     batch = {k: v.to(device) if v is not None else None for k, v in collated.items()}
     b = len(pairs)
@@ -91,7 +102,7 @@ def pair_forward(model, ref: Reference, pairs, indices, tokenizer, cfg: Config, 
     with autocast:
         # TDPO: the reference's hidden states and LM head enter the same fused pass for the sequential KL
         ref_side = (lambda _mask: (ref.response_hidden(batch, indices), *ref.lm_head())) if tdpo else None
-        pol = sequence_logps(model, batch, kernel=cfg.train.kernel, reference=ref_side)
+        pol = policy(batch, reference=ref_side)
         ref_logps = (ref.sequence_logps(batch, indices) if cfg.loss.loss_type != "simpo"
                      else torch.zeros_like(pol.logps))
         kl = pol.kl
@@ -118,19 +129,20 @@ def pair_forward(model, ref: Reference, pairs, indices, tokenizer, cfg: Config, 
 
 
 @torch.no_grad()
-def evaluate(model, ref: Reference, pairs, tokenizer, cfg: Config, device, offset: int = 0) -> dict[str, float]:
-    """Eval metrics (TRL's `eval_` prefix) over all eval pairs, weighted by batch size."""
-    was_training = model.training
-    model.eval()
+def evaluate(policy, ref: Reference, pairs, tokenizer, cfg: Config, device, offset: int = 0) -> dict[str, float]:
+    """Eval metrics (TRL's `eval_` prefix) over all eval pairs, weighted by batch size. Under torchrun every
+    rank evaluates every pair (identical results; FSDP needs all ranks in each forward)."""
+    was_training = policy.training
+    policy.eval()
     totals: dict[str, float] = {}
     bs = cfg.train.per_device_eval_batch_size
     for i in range(0, len(pairs), bs):
         chunk = pairs[i:i + bs]
-        out = pair_forward(model, ref, chunk, list(range(offset + i, offset + i + len(chunk))), tokenizer, cfg,
+        out = pair_forward(policy, ref, chunk, list(range(offset + i, offset + i + len(chunk))), tokenizer, cfg,
                            device)
         for k, v in out.items():
             totals[k] = totals.get(k, 0.0) + float(v) * len(chunk)
-    model.train(was_training)
+    policy.train(was_training)
     return {f"eval_{k}": v / len(pairs) for k, v in totals.items()}
 
 
@@ -169,7 +181,25 @@ def _resume_config(cfg: Config, cli_values: dict | None) -> tuple[Config, Path]:
     saved.train.output_dir = cfg.train.output_dir
     saved.train.resume_from = cfg.train.resume_from
     saved.train.progress = cfg.train.progress
+    _keep_global_batch(saved, ckpt)
     return saved, ckpt
+
+
+def _keep_global_batch(cfg: Config, ckpt: Path) -> None:
+    """Resuming at another world size keeps the global batch (per-device × world × accumulation) by rescaling
+    gradient accumulation; micro_batch then hands out exactly the pairs the original layout would have."""
+    old_world = json.loads((ckpt / "trainer_state.json").read_text()).get("world_size", 1)
+    new_world = int(os.environ.get("WORLD_SIZE", "1"))
+    if old_world == new_world:
+        return
+    total = old_world * cfg.train.gradient_accumulation_steps
+    if total % new_world:
+        raise config_mod.ConfigError(
+            f"--resume_from {ckpt}: saved with {old_world} processes × {cfg.train.gradient_accumulation_steps} "
+            f"accumulation steps; {new_world} processes cannot keep that global batch")
+    cfg.train.gradient_accumulation_steps = total // new_world
+    say(f"resuming a {old_world}-process checkpoint on {new_world}: gradient_accumulation_steps = "
+        f"{cfg.train.gradient_accumulation_steps} keeps the global batch")
 
 
 def train(cfg: Config, *, cli_values: dict | None = None) -> dict[str, float]:
@@ -180,45 +210,65 @@ def train(cfg: Config, *, cli_values: dict | None = None) -> dict[str, float]:
         cfg, ckpt = _resume_config(cfg, cli_values)
     if not cfg.data.dataset:
         raise config_mod.ConfigError("--dataset is required (or use --task NAME for a built-in task)")
+    d, device = distributed.init(cfg.train.device)
+    if d.enabled and cfg.train.parallel == "fsdp" and cfg.model.lora_r > 0:
+        raise config_mod.ConfigError("--parallel fsdp with --lora_r is not supported; use --parallel ddp for LoRA")
     out = Path(cfg.train.output_dir)
     torch.manual_seed(cfg.train.seed)
-    device = pick_device(cfg.train.device)
+    main_rank = d.is_main
+    show = cfg.train.progress and main_rank
 
     # data first: a bad file fails before anything is written to output_dir
+    if main_rank:
+        model_path = resolve_model_path(cfg, out)
+    distributed.barrier(d)
     model_path = resolve_model_path(cfg, out)
     tokenizer = load_tokenizer(model_path)
     train_pairs, eval_pairs, stats = load_preference_data(cfg.data, tokenizer, seed=cfg.train.seed)
-    say(stats.summary())
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "data_stats.json").write_text(json.dumps(stats.to_dict(), indent=1))
+    if main_rank:
+        say(stats.summary())
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "data_stats.json").write_text(json.dumps(stats.to_dict(), indent=1))
     model, ref = build_policy_and_reference(cfg, model_path, ckpt, device)
     model.train()
     if cfg.model.ref_logps == "precompute":  # eval pairs follow train pairs in the cache's index space
         all_pairs = train_pairs + (eval_pairs or [])
         key = cache_key(ref.model, all_pairs, {"loss_type": cfg.loss.loss_type, "kernel": cfg.train.kernel})
-        path = ref.precompute(all_pairs, tokenizer.pad_token_id, Path(cfg.model.ref_cache_dir or out / "ref_cache"),
-                              key=key, with_hidden=cfg.loss.loss_type in ("tdpo1", "tdpo2"),
-                              progress=cfg.train.progress)
-        say(f"reference log-probs cached at {path}")
-    n_steps = total_steps(cfg, len(train_pairs))
+        cache_dir = Path(cfg.model.ref_cache_dir or out / "ref_cache")
+        for turn in ((True, False) if d.enabled else (main_rank,)):  # rank 0 computes and writes, then the rest load
+            if turn == main_rank:
+                path = ref.precompute(all_pairs, tokenizer.pad_token_id, cache_dir, key=key, progress=show,
+                                      with_hidden=cfg.loss.loss_type in ("tdpo1", "tdpo2"))
+            distributed.barrier(d)
+        if main_rank:
+            say(f"reference log-probs cached at {path}")
+    n_steps = total_steps(cfg, len(train_pairs), d.world_size)
 
-    optimizer = torch.optim.AdamW(
-        [p for p in model.parameters() if p.requires_grad], lr=cfg.optim.learning_rate,
-        betas=(cfg.optim.adam_beta1, cfg.optim.adam_beta2), eps=cfg.optim.adam_epsilon,
-        weight_decay=cfg.optim.weight_decay)
+    policy = distributed.wrap(PolicyLogps(model, cfg.train.kernel), d, cfg.train.parallel)
+    params = [p for p in policy.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=cfg.optim.learning_rate, betas=(cfg.optim.adam_beta1, cfg.optim.adam_beta2),
+                                  eps=cfg.optim.adam_epsilon, weight_decay=cfg.optim.weight_decay)
     scheduler = get_cosine_schedule_with_warmup(optimizer, cfg.optim.warmup_steps, n_steps)
     state = TrainState()
     if ckpt:
-        state = load_training_state(ckpt, optimizer, scheduler)
+        state, optim_state = load_training_state(ckpt, scheduler)
+        distributed.load_full_optimizer_state(model, optimizer, optim_state)
     config_yaml = yaml.safe_dump(config_mod.to_dict(cfg), sort_keys=False)
-    (out / "train_config.yaml").write_text(config_yaml)
-    log = MetricsLog(out / "metrics.jsonl", keep_rows=state.log_history_len if ckpt else None)
+    log = None
+    if main_rank:
+        (out / "train_config.yaml").write_text(config_yaml)
+        log = MetricsLog(out / "metrics.jsonl", keep_rows=state.log_history_len if ckpt else None)
 
     def checkpoint(step: int) -> None:
-        state.log_history_len = log.rows
-        save_checkpoint(out, step, model=model, tokenizer=tokenizer, optimizer=optimizer, scheduler=scheduler,
-                        state=state, config_yaml=config_yaml, save_total_limit=cfg.train.save_total_limit)
-        (out / f"checkpoint-{step}" / "data_stats.json").write_text(json.dumps(stats.to_dict()))
+        weights = distributed.full_model_state(model)  # collective under FSDP: every rank takes part
+        optim_state = distributed.full_optimizer_state(model, optimizer)
+        if main_rank:
+            state.log_history_len = log.rows
+            state.world_size = d.world_size
+            save_checkpoint(out, step, save_model_fn=lambda dst: save_weights(model, dst, weights),
+                            tokenizer=tokenizer, optimizer_state=optim_state, scheduler=scheduler, state=state,
+                            config_yaml=config_yaml, save_total_limit=cfg.train.save_total_limit)
+        distributed.barrier(d)
 
     stop_signal: list[int] = []
     handlers = {s: signal.signal(s, lambda signum, _f: stop_signal.append(signum))
@@ -229,29 +279,31 @@ def train(cfg: Config, *, cli_values: dict | None = None) -> dict[str, float]:
     window: dict[str, float] = {}
     window_steps = 0
     last_train: dict[str, float] = {}
-    bar = tqdm(total=n_steps, initial=state.step, desc="train", disable=not cfg.train.progress, dynamic_ncols=True)
+    bar = tqdm(total=n_steps, initial=state.step, desc="train", disable=not show, dynamic_ncols=True)
     t0 = time.perf_counter()
     tokens = 0
     try:
         while state.step < n_steps and not state.stopped_early:
             step_metrics: dict[str, float] = {}
             for k in range(accum):
-                indices = micro_batch(len(train_pairs), state.step, k, cfg)
+                indices = micro_batch(len(train_pairs), state.step, k, cfg, d)
                 pairs = [train_pairs[i] for i in indices]
-                out_k = pair_forward(model, ref, pairs, indices, tokenizer, cfg, device)
+                out_k = pair_forward(policy, ref, pairs, indices, tokenizer, cfg, device)
                 (out_k["loss"] / accum).backward()
                 tokens += sum(2 * len(p.prompt_ids) + len(p.chosen_ids) + len(p.rejected_ids) for p in pairs)
                 for key, v in out_k.items():
                     step_metrics[key] = step_metrics.get(key, 0.0) + float(v.detach()) / accum
+            step_metrics = distributed.mean_across_ranks(step_metrics, d)
             clip = cfg.optim.max_grad_norm if cfg.optim.max_grad_norm > 0 else float("inf")
-            grad_norm = float(torch.nn.utils.clip_grad_norm_(model.parameters(), clip))
+            grad_norm = distributed.grad_norm_value(torch.nn.utils.clip_grad_norm_(params, clip))
             if not (math.isfinite(step_metrics["loss"]) and math.isfinite(grad_norm)):
                 what = f"non-finite {'loss' if not math.isfinite(step_metrics['loss']) else 'gradient norm'}"
                 if cfg.train.nan_policy == "stop":
                     raise NonFiniteError(
                         f"step {state.step + 1}: {what} (loss={step_metrics['loss']}, grad_norm={grad_norm}); "
                         f"stopping — the last checkpoint in {out} is intact")
-                say(f"step {state.step + 1}: {what}; skipping the update (--nan_policy skip)")
+                if main_rank:
+                    say(f"step {state.step + 1}: {what}; skipping the update (--nan_policy skip)")
                 optimizer.zero_grad(set_to_none=True)
                 state.step += 1
                 scheduler.step()
@@ -270,18 +322,21 @@ def train(cfg: Config, *, cli_values: dict | None = None) -> dict[str, float]:
             if state.step % cfg.train.logging_steps == 0 or state.step == n_steps:
                 last_train = {key: v / window_steps for key, v in window.items()}
                 elapsed = time.perf_counter() - t0
-                log.write({"step": state.step, **last_train, "epoch": _epoch(state.step, cfg, len(train_pairs)),
-                           "tokens_per_second": tokens / elapsed if elapsed > 0 else 0.0})
+                if main_rank:
+                    log.write({"step": state.step, **last_train, "epoch": _epoch(state.step, cfg, len(train_pairs), d),
+                               "tokens_per_second": d.world_size * tokens / elapsed if elapsed > 0 else 0.0})
                 bar.set_postfix(loss=f"{last_train['loss']:.4f}", acc=f"{last_train['rewards/accuracies']:.2f}")
                 window, window_steps = {}, 0
             if eval_pairs and cfg.train.eval_steps > 0 and state.step % cfg.train.eval_steps == 0:
-                _eval_and_track(model, ref, eval_pairs, tokenizer, cfg, device, state, log, len(train_pairs))
+                _eval_and_track(policy, ref, eval_pairs, tokenizer, cfg, device, state, log, len(train_pairs))
             if cfg.train.save_steps > 0 and state.step % cfg.train.save_steps == 0:
                 checkpoint(state.step)
-            if stop_signal:
+            if distributed.any_across_ranks(bool(stop_signal), d):
                 checkpoint(state.step)
-                say(f"signal {stop_signal[0]}: saved checkpoint-{state.step} in {out}; exiting")
-                raise SystemExit(128 + stop_signal[0])
+                if main_rank:
+                    say(f"signal {stop_signal[0] if stop_signal else 'SIGTERM'}: saved checkpoint-{state.step} in "
+                        f"{out}; exiting")
+                raise SystemExit(128 + (stop_signal[0] if stop_signal else signal.SIGTERM))
     finally:
         bar.close()
         for s, h in handlers.items():
@@ -290,9 +345,12 @@ def train(cfg: Config, *, cli_values: dict | None = None) -> dict[str, float]:
     # ------------------------------------------------------------------ final eval and save
     final_eval: dict[str, float] = {}
     if eval_pairs and not (cfg.train.eval_steps > 0 and state.step % cfg.train.eval_steps == 0 and state.step > 0):
-        final_eval = _eval_and_track(model, ref, eval_pairs, tokenizer, cfg, device, state, log, len(train_pairs))
-    save_final_model(model, out, adapter_only=cfg.model.save_adapter_only)
-    tokenizer.save_pretrained(out)
+        final_eval = _eval_and_track(policy, ref, eval_pairs, tokenizer, cfg, device, state, log, len(train_pairs))
+    weights = distributed.full_model_state(model)
+    if main_rank:
+        save_final_model(model, out, weights, adapter_only=cfg.model.save_adapter_only)
+        tokenizer.save_pretrained(out)
+    distributed.barrier(d)
     return {**last_train, **final_eval}
 
 
@@ -333,14 +391,15 @@ def _main_thread() -> bool:
     return threading.current_thread() is threading.main_thread()
 
 
-def _epoch(step: int, cfg: Config, n_pairs: int) -> float:
-    per_epoch = micro_batches_per_epoch(n_pairs, cfg.train.per_device_train_batch_size)
+def _epoch(step: int, cfg: Config, n_pairs: int, d: distributed.Dist) -> float:
+    per_epoch = micro_batches_per_epoch(n_pairs, cfg.train.per_device_train_batch_size * d.world_size)
     return step * cfg.train.gradient_accumulation_steps / per_epoch
 
 
-def _eval_and_track(model, ref, eval_pairs, tokenizer, cfg, device, state: TrainState, log, offset) -> dict:
-    metrics = evaluate(model, ref, eval_pairs, tokenizer, cfg, device, offset=offset)
-    log.write({"step": state.step, **metrics})
+def _eval_and_track(policy, ref, eval_pairs, tokenizer, cfg, device, state: TrainState, log, offset) -> dict:
+    metrics = evaluate(policy, ref, eval_pairs, tokenizer, cfg, device, offset=offset)
+    if log is not None:
+        log.write({"step": state.step, **metrics})
     acc = metrics["eval_rewards/accuracies"]
     if state.best_eval_accuracy is None or acc > state.best_eval_accuracy:
         state.best_eval_accuracy, state.evals_without_improvement = acc, 0
@@ -349,8 +408,9 @@ def _eval_and_track(model, ref, eval_pairs, tokenizer, cfg, device, state: Train
         if 0 < cfg.train.early_stopping_patience <= state.evals_without_improvement:
             state.stopped_early = True
             say(f"early stopping at step {state.step}: eval_rewards/accuracies has not improved on "
-                       f"{state.best_eval_accuracy:.4f} for {state.evals_without_improvement} evals")
-    say(f"step {state.step}: " + ", ".join(f"{k}={v:.4f}" for k, v in metrics.items()))
+                f"{state.best_eval_accuracy:.4f} for {state.evals_without_improvement} evals")
+    if log is not None:
+        say(f"step {state.step}: " + ", ".join(f"{k}={v:.4f}" for k, v in metrics.items()))
     return metrics
 
 
