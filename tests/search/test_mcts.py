@@ -50,7 +50,7 @@ def test_rollout_q_values_are_path_sums(tree_scorer, reuse_cache, leaf_batch):
                    reuse_cache=reuse_cache)
     counter = ForwardCounter(1)
     (tree,) = trees = plant(tree_scorer, [[BOS]], p, counter)
-    for _ in range(p.simulations // leaf_batch):
+    while tree.simulations < p.simulations:  # a round may stop early at pending leaves
         simulate(tree_scorer, trees, p, counter, n=leaf_batch)
     q = {c.token: c.q for c in tree.root.children}
     assert set(q) == {A, B}  # zero-probability tokens are never children

@@ -26,9 +26,10 @@ def test_greedy_equals_transformers(eos_policy, reference, tokenizer, make_promp
 
 def test_sampling_is_seeded(scorer, tokenizer, make_prompts):
     prompts = make_prompts(3, seed=42)
-    run = lambda s: [d.token_ids for d in sample(scorer, prompts, max_new_tokens=8,  # noqa: E731
-                                                 eos_token_id=tokenizer.eos_token_id,
-                                                 generator=torch.Generator().manual_seed(s))]
+    def run(seed):
+        return [d.token_ids for d in sample(scorer, prompts, max_new_tokens=8, eos_token_id=tokenizer.eos_token_id,
+                                            generator=torch.Generator().manual_seed(seed))]
+
     assert run(1) == run(1)
     assert run(1) != run(2)
 

@@ -1,0 +1,235 @@
+"""The scorer: step a policy π and a reference π_ref together over KV caches and score every candidate token.
+
+For a row (a prompt plus the tokens generated so far, the prefix s_t) the scorer keeps both models' caches and
+their next-token distributions, log π(· | s_t) and log π_ref(· | s_t) in float32 (log_softmax of the last
+position's logits). Every candidate token a then has the implicit reward
+
+    r(s_t, a) = β · (log π(a | s_t) − log π_ref(a | s_t))          (kernels.rewards.implicit_reward)
+
+with no further forward pass: one step of both models scores the whole vocabulary. Rows are batched: prompts
+are left-padded, with an attention mask and position ids counting only real tokens, so a padded row gives the
+same log-probs as the prompt alone.
+
+A state may carry no reference (`with_reference=False`): searches whose ranking needs only π (greedy,
+sampling, likelihood beam search) skip π_ref while searching and rescore the winners once at the end
+(`reference_logps`), which is exactly the information "generate, then one reference pass" yields.
+
+Forward tokens (the `forward_tokens` field of the decode output): positions run through the policy plus
+positions run through the reference — a position run through both models counts twice. The prompt prefill is
+counted once per model, cached positions are never counted again, padding positions that are run are counted,
+and the left padding used to stack caches of different lengths (never run) is not.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from kernels.rewards import implicit_reward
+from search import cache as kv
+
+
+class ForwardCounter:
+    """Positions run through the models, per prompt (rows are attributed to prompts by `owner`)."""
+
+    def __init__(self, num_prompts: int):
+        self.per_prompt = [0] * num_prompts
+
+    def add(self, owner: torch.Tensor, positions_per_row: int | torch.Tensor, models: int) -> None:
+        counts = torch.zeros(len(self.per_prompt), dtype=torch.long)
+        per_row = torch.as_tensor(positions_per_row, dtype=torch.long).expand(owner.shape[0]).cpu()
+        counts.index_add_(0, owner.cpu(), per_row * models)
+        for i, c in enumerate(counts.tolist()):
+            self.per_prompt[i] += c
+
+
+@dataclass
+class PairState:
+    """R rows of prefixes: both models' caches and next-token log-probs. Treated as immutable."""
+
+    policy_cache: object | None  # transformers Cache with (R, H, T, D) layers; None for a re-encoded state
+    reference_cache: object | None  # None when the reference is skipped or the state was re-encoded
+    attention_mask: torch.Tensor  # (R, T) long: 1 = real position, 0 = left padding
+    policy_logps: torch.Tensor  # (R, V) float32: log π(· | prefix)
+    reference_logps: torch.Tensor | None  # (R, V) float32: log π_ref(· | prefix), None without reference
+    owner: torch.Tensor  # (R,) long: prompt index of each row
+
+    @property
+    def rows(self) -> int:
+        return self.attention_mask.shape[0]
+
+    @property
+    def lengths(self) -> torch.Tensor:
+        """(R,) real positions per row = position id of the next token."""
+        return self.attention_mask.sum(-1)
+
+    @property
+    def has_reference(self) -> bool:
+        return self.reference_logps is not None
+
+
+@dataclass
+class Decoded:
+    """One decoded response: generated ids (EOS included when generated) and both models' log-probs of them."""
+
+    token_ids: list[int]
+    policy_logps: list[float]
+    reference_logps: list[float]
+    token_rewards: list[float]  # β·(log π − log π_ref) per generated token
+    forward_tokens: int = 0
+
+    @property
+    def reward(self) -> float:
+        return float(sum(self.token_rewards))
+
+
+def _last_logps(logits: torch.Tensor) -> torch.Tensor:
+    return torch.log_softmax(logits[:, -1, :].float(), dim=-1)  # (R, V)
+
+
+class PairScorer:
+    """Steps `policy` and `reference` together; all methods are functions of explicit `PairState`s."""
+
+    def __init__(self, policy: torch.nn.Module, reference: torch.nn.Module, *, beta: float, pad_token_id: int):
+        if beta <= 0:
+            raise ValueError(f"beta must be > 0, got {beta}")
+        self.policy, self.reference = policy.eval(), reference.eval()
+        self.beta = beta
+        self.pad_token_id = pad_token_id
+        self.device = next(policy.parameters()).device
+
+    # ---- forward passes -------------------------------------------------------------------------------
+    def _forward(self, model, input_ids, attention_mask, position_ids, cache):
+        with torch.no_grad():
+            out = model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
+                        cache=cache, use_cache=cache is not None, logits_to_keep=1)
+        return _last_logps(out.logits), (out.cache if cache is not None else None)
+
+    def _pad_left(self, prefixes: list[list[int]]) -> tuple[torch.Tensor, torch.Tensor]:
+        if any(len(p) == 0 for p in prefixes):
+            raise ValueError("a prefix has no tokens; give an empty prompt a BOS/EOS token first (see encode_prompt)")
+        width = max(len(p) for p in prefixes)
+        ids = torch.full((len(prefixes), width), self.pad_token_id, dtype=torch.long)
+        mask = torch.zeros((len(prefixes), width), dtype=torch.long)
+        for i, p in enumerate(prefixes):
+            ids[i, width - len(p):] = torch.tensor(p, dtype=torch.long)
+            mask[i, width - len(p):] = 1
+        return ids.to(self.device), mask.to(self.device)
+
+    def prefill(self, prefixes: list[list[int]], counter: ForwardCounter, *, owner: torch.Tensor | None = None,
+                with_reference: bool = True, keep_cache: bool = True) -> PairState:
+        """Encode left-padded prefixes (R rows) through the policy (and reference); padding is counted.
+
+        keep_cache=False returns only the next-token log-probs (the re-encoding baseline of MCTS).
+        """
+        owner = torch.arange(len(prefixes)) if owner is None else owner
+        ids, mask = self._pad_left(prefixes)  # (R, T)
+        pos = (mask.cumsum(-1) - 1).clamp(min=0)  # real tokens at 0..n-1 whatever the padding
+        caches = [kv.new_cache(self.policy), kv.new_cache(self.reference)] if keep_cache else [None, None]
+        lp, pc = self._forward(self.policy, ids, mask, pos, caches[0])
+        lr, rc = self._forward(self.reference, ids, mask, pos, caches[1]) if with_reference else (None, None)
+        counter.add(owner, ids.shape[1], 2 if with_reference else 1)
+        return PairState(pc, rc, mask, lp, lr, owner)
+
+    def step(self, state: PairState, tokens: torch.Tensor, counter: ForwardCounter) -> PairState:
+        """Append tokens (R,) to every row and return the new state; `state` stays valid (caches are forked)."""
+        if state.policy_cache is None:
+            raise ValueError("step() needs a cached state; a re-encoded state has no KV cache")
+        mask = torch.cat([state.attention_mask, state.attention_mask.new_ones(state.rows, 1)], dim=1)
+        pos = state.lengths[:, None]  # (R, 1)
+        ids = tokens.to(self.device).view(-1, 1)
+        lp, pc = self._forward(self.policy, ids, mask, pos, kv.fork(state.policy_cache))
+        lr, rc = None, None
+        if state.has_reference:
+            lr, rc = self._forward(self.reference, ids, mask, pos, kv.fork(state.reference_cache))
+        counter.add(state.owner, 1, 2 if state.has_reference else 1)
+        return PairState(pc, rc, mask, lp, lr, state.owner)
+
+    # ---- row bookkeeping (no forward passes) -------------------------------------------------------------
+    @staticmethod
+    def select(state: PairState, index: torch.Tensor) -> PairState:
+        """Rows `index` of `state` in that order (beam reordering, sample fan-out, dropping finished rows)."""
+        dev = state.policy_logps.device
+        index = index.to(dev)
+        return PairState(
+            kv.select_rows(state.policy_cache, index) if state.policy_cache is not None else None,
+            kv.select_rows(state.reference_cache, index) if state.reference_cache is not None else None,
+            state.attention_mask[index], state.policy_logps[index],
+            state.reference_logps[index] if state.has_reference else None, state.owner[index.cpu()],
+        )
+
+    @staticmethod
+    def split(state: PairState) -> list[PairState]:
+        """One unpadded single-row state per row (views into the batched caches)."""
+        out = []
+        starts = (state.attention_mask.shape[1] - state.lengths).tolist()
+        for i, s in enumerate(starts):
+            out.append(PairState(
+                kv.row(state.policy_cache, i, s) if state.policy_cache is not None else None,
+                kv.row(state.reference_cache, i, s) if state.reference_cache is not None else None,
+                state.attention_mask[i:i + 1, s:], state.policy_logps[i:i + 1],
+                state.reference_logps[i:i + 1] if state.has_reference else None, state.owner[i:i + 1],
+            ))
+        return out
+
+    @staticmethod
+    def stack(states: list[PairState]) -> PairState:
+        """Rows of several states as one batch, caches left-padded to a common length."""
+        width = max(s.attention_mask.shape[1] for s in states)
+        pads = [width - s.attention_mask.shape[1] for s in states]
+        first = states[0]
+        cat = torch.cat
+        mask = cat([torch.nn.functional.pad(s.attention_mask, (p, 0)) for s, p in zip(states, pads)])
+        return PairState(
+            kv.stack_rows([s.policy_cache for s in states], pads) if first.policy_cache is not None else None,
+            kv.stack_rows([s.reference_cache for s in states], pads) if first.reference_cache is not None else None,
+            mask, cat([s.policy_logps for s in states]),
+            cat([s.reference_logps for s in states]) if first.has_reference else None,
+            cat([s.owner for s in states]),
+        )
+
+    # ---- scores -----------------------------------------------------------------------------------------
+    def candidates(self, state: PairState) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """For every row and candidate token: (log π, log π_ref, implicit reward), each (R, V) float32."""
+        if not state.has_reference:
+            raise ValueError("this state was built without the reference; prefill with with_reference=True")
+        lp, lr = state.policy_logps, state.reference_logps
+        return lp, lr, implicit_reward(lp, lr, self.beta)
+
+    def sequence_logps(self, model: torch.nn.Module, prompts: list[list[int]], responses: list[list[int]],
+                       counter: ForwardCounter, owner: torch.Tensor) -> list[torch.Tensor]:
+        """log model(response_t | prompt, response_<t) per response token: one left-padded forward, no cache.
+
+        Used to rescore finished responses with the reference when the search did not need it.
+        """
+        keep = [i for i, r in enumerate(responses) if len(r) > 0]
+        out = [torch.zeros(0) for _ in responses]
+        if not keep:
+            return out
+        seqs = [prompts[i] + responses[i] for i in keep]
+        ids, mask = self._pad_left(seqs)  # (R, T)
+        pos = (mask.cumsum(-1) - 1).clamp(min=0)
+        with torch.no_grad():
+            logits = model(input_ids=ids, attention_mask=mask, position_ids=pos, use_cache=False).logits
+        logps = torch.log_softmax(logits[:, :-1].float(), dim=-1)  # (R, T-1, V) predicts ids[:, 1:]
+        tok = logps.gather(-1, ids[:, 1:, None]).squeeze(-1)  # (R, T-1)
+        for row, i in enumerate(keep):
+            out[i] = tok[row, -len(responses[i]):].cpu()
+        counter.add(owner[keep], ids.shape[1], 1)
+        return out
+
+    def finish(self, prompts: list[list[int]], responses: list[list[int]], policy_logps: list[list[float]],
+               reference_logps: list[list[float]] | None, counter: ForwardCounter) -> list[Decoded]:
+        """Package responses; when the search skipped the reference, rescore them with it in one pass."""
+        if reference_logps is None:
+            ref = self.sequence_logps(self.reference, prompts, responses, counter, torch.arange(len(prompts)))
+            reference_logps = [r.tolist() for r in ref]
+        out = []
+        for i, (ids, lp, lr) in enumerate(zip(responses, policy_logps, reference_logps)):
+            rewards = implicit_reward(torch.tensor(lp, dtype=torch.float32), torch.tensor(lr, dtype=torch.float32),
+                                      self.beta) if ids else torch.zeros(0)
+            out.append(Decoded(list(ids), list(lp), list(lr), rewards.tolist(), counter.per_prompt[i]))
+        return out
+
+
