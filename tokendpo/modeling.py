@@ -120,10 +120,17 @@ def load_model(path: str, *, dtype: torch.dtype = torch.float32) -> torch.nn.Mod
     if gguf:
         kwargs["gguf_file"] = gguf
     try:
-        return AutoModelForCausalLM.from_pretrained(src, **kwargs)
+        model = AutoModelForCausalLM.from_pretrained(src, **kwargs)
     except OSError as e:
         raise OSError(f"--model {path!r}: cannot load a causal LM from it ({e.__class__.__name__}: "
                       f"{str(e).splitlines()[0]})") from e
+    if gguf and getattr(model, "hf_quantizer", None) is not None:
+        # transformers dequantises GGUF tensors while loading but keeps a GGUF "quantizer" marker, and
+        # save_pretrained refuses to save such a model ("quantized with gguf and is not serializable"). The
+        # weights are plain `dtype` tensors by now, so dropping the marker is exact and makes the model (and a
+        # LoRA merge over it) save as ordinary safetensors.
+        model.hf_quantizer.remove_quantization_config(model)
+    return model
 
 
 def frozen_copy(model: torch.nn.Module) -> torch.nn.Module:
