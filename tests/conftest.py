@@ -8,6 +8,11 @@ os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
 
 from pathlib import Path  # noqa: E402
 
+import torch  # noqa: E402
+
+if not torch.cuda.is_available():  # Triton kernels run in its interpreter on CPU (set before any @triton.jit)
+    os.environ.setdefault("TRITON_INTERPRET", "1")
+
 import pytest  # noqa: E402
 
 SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
