@@ -37,12 +37,12 @@ def test_triton_float32_within_1e5_of_float64_oracle(bias, poisoned_empty):
     assert_matches(got, oracle(p, entropy=bias), rtol=1e-5, atol_scale=1e-5)
 
 
-@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
-def test_triton_low_precision_inputs(dtype, poisoned_empty):
+@pytest.mark.parametrize("dtype,H", [(torch.bfloat16, 24), (torch.float16, 24), (torch.bfloat16, 136)])
+def test_triton_low_precision_inputs(dtype, H, poisoned_empty):
     """Outputs: fp32 math on exactly representable inputs, so fp32 accuracy (1e-5). Gradients: the dz tile is
     rounded to the input dtype before the gradient products and the result once more, so a few units of
-    2^-8 (bf16) relative: rtol 2e-2, atol 1e-2 × max|grad|."""
-    p = make_problem(37, 1031, 24, dtype=dtype, ref=True, ignored=(3,), seed=23)
+    2^-8 (bf16) relative: rtol 2e-2, atol 1e-2 × max|grad|. H=136 takes the dz-chunk backward."""
+    p = make_problem(37, 1031, H, dtype=dtype, ref=True, ignored=(3,), seed=23)
     outs, grads = run(lt.triton_token_stats, p, entropy=True)
     want_outs, want_grads = oracle(p, entropy=True)
     assert all(o.dtype == torch.float32 for o in outs) and all(g.dtype == dtype for g in grads)
@@ -51,7 +51,7 @@ def test_triton_low_precision_inputs(dtype, poisoned_empty):
 
 
 def test_every_kernel_compiles_for_hopper_with_wgmma():
-    """triton.compile(ASTSource(...), target=GPUTarget("cuda", 90, 32)) for each kernel × {fp32, bf16, fp16}
+    """triton.compile(ASTSource(...), target=GPUTarget("cuda", 90, 32)) for each of the 4 kernels × {fp32, bf16, fp16}
     with every flag on; the tile products of the 16-bit variants must be wgmma (and fp32's 3×TF32 too)."""
     from kernels.logprobs_triton_aot import DTYPES, KERNELS, report_in_subprocess
 
@@ -60,3 +60,15 @@ def test_every_kernel_compiles_for_hopper_with_wgmma():
     for r in rows:
         assert r["wgmma"], f"{r['kernel']} {r['dtype']}: no wgmma in the PTX"
         assert 0 < r["registers"] <= 255 and r["shared_bytes"] <= 232448, r  # sm_90: 227 KiB per block
+
+
+@pytest.mark.parametrize("dtype,rtol,atol_scale", [(torch.float64, 1e-10, 1e-12), (torch.float32, 1e-5, 1e-5)])
+def test_triton_dz_chunk_backward_equals_naive(dtype, rtol, atol_scale, poisoned_empty):
+    """The large-H backward (dz per token chunk + two GEMMs), pinned on H=136 > one output block, with 3
+    ragged chunks of 48 tokens, entropy, KL and biases."""
+    from functools import partial
+
+    assert lt.backward_strategy(136) == "dz_chunks" and lt.backward_strategy(24) == "fused"
+    p = make_problem(130, 1031, 136, dtype=dtype, ref=True, ignored=(0, 77), seed=24)
+    fn = partial(lt.triton_token_stats, backward="dz_chunks", dz_chunk_tokens=48)
+    assert_matches(run(fn, p, entropy=True), oracle(p, entropy=True), rtol=rtol, atol_scale=atol_scale)
