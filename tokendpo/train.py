@@ -31,10 +31,6 @@ from tokendpo.reference import Reference, cache_key
 from tokendpo.modeling import (PRESETS, apply_lora, build_preset, check_lm_head_supported, load_model,
                                load_tokenizer, save_final_model, save_weights)
 
-METRIC_KEYS = ("loss", "rewards/chosen", "rewards/rejected", "rewards/accuracies", "rewards/margins",
-               "logps/chosen", "logps/rejected", "logits/chosen", "logits/rejected")
-
-
 class NonFiniteError(RuntimeError):
     pass
 
