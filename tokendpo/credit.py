@@ -97,7 +97,7 @@ def heatmap_figure(rows: Sequence[dict], labels: Sequence[str], title: str = "")
 
     scale = _scale(rows)
     width = max((len(r["rewards"]) for r in rows), default=1)
-    fig, ax = plt.subplots(figsize=(1.5 + 0.7 * width, 0.6 + 0.55 * len(rows)))
+    fig, ax = plt.subplots(figsize=(4.0 + 0.6 * width, 0.8 + 0.55 * len(rows)))
     for y, row in enumerate(rows):
         for x, (piece, r) in enumerate(zip(_pieces(row), row["rewards"])):
             ax.add_patch(Rectangle((x, -y - 1), 1, 1, facecolor=_colour(r, scale), edgecolor="grey", gid="cell"))
@@ -141,16 +141,17 @@ def training_beta(policy_dir: str, default: float = 0.1) -> float:
 
 
 def credit_on_task(policy, reference, tokenizer, task, *, n_prompts: int, seed: int, beta: float,
-                   max_new_tokens: int, sample_from: str = "ref") -> tuple[dict, list[tuple[str, str, dict, int]]]:
-    """Sample held-out responses (from the reference by default: it makes the mistakes), keep the wrong ones,
-    score where the policy's most negative token reward falls. Returns (metric dict, [(prompt, response,
-    token-reward row, first wrong index)])."""
+                   max_new_tokens: int, sample_from: str = "ref", split: str = "heldout"
+                   ) -> tuple[dict, list[tuple[str, str, dict, int]]]:
+    """Sample responses to `split` prompts (from the reference by default: it makes the mistakes), keep the
+    wrong ones, score where the policy's most negative token reward falls. Returns (metric dict, [(prompt,
+    response, token-reward row, first wrong index)])."""
     from tokendpo.eval import token_rewards
     from tokendpo.tasks.sampling import sample
 
     if not hasattr(task, "first_wrong_token"):
         raise ValueError(f"task {task.name!r} has no first-wrong-token checker; credit is scored on 'arithmetic'")
-    prompts = task.prompts("heldout", n_prompts, seed=seed)
+    prompts = task.prompts(split, n_prompts, seed=seed)
     sampler = reference if sample_from == "ref" else policy
     texts, _ = sample(sampler, tokenizer, prompts, max_new_tokens=max_new_tokens, seed=seed)
     wrong = [(p, y, task.first_wrong_token(p, y)) for p, y in zip(prompts, texts)]
@@ -158,7 +159,8 @@ def credit_on_task(policy, reference, tokenizer, task, *, n_prompts: int, seed: 
     rows = token_rewards(policy, reference, tokenizer, [p for p, _, _ in wrong], [y for _, y, _ in wrong],
                          beta=beta, batch_size=64) if wrong else []
     metric = first_wrong_hit_rate([r["rewards"] for r in rows], [w for _, _, w in wrong])
-    metric.update(n_prompts=len(prompts), wrong_share=len(wrong) / max(1, len(prompts)), sampled_from=sample_from)
+    metric.update(n_prompts=len(prompts), wrong_share=len(wrong) / max(1, len(prompts)), sampled_from=sample_from,
+                  split=split)
     return metric, [(p, y, r, w) for (p, y, w), r in zip(wrong, rows)]
 
 
@@ -173,6 +175,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--rejected", default=None, help="a second response, shown under --response as a pair")
     ap.add_argument("--n_prompts", type=int, default=256)
     ap.add_argument("--sample_from", choices=("ref", "policy"), default="ref")
+    ap.add_argument("--split", choices=("heldout", "train"), default="heldout",
+                    help="prompts to score on (train: the prompts DPO's pairs came from)")
     ap.add_argument("--max_new_tokens", type=int, default=None, help="default: the task's")
     ap.add_argument("--examples", type=int, default=8, help="responses drawn in the task view")
     ap.add_argument("--beta", type=float, default=None, help="default: the policy's training β (else 0.1)")
@@ -210,17 +214,17 @@ def main(argv: list[str] | None = None) -> int:
     task = get_task(a.task)
     metric, wrong = credit_on_task(policy, reference, tokenizer, task, n_prompts=a.n_prompts, seed=a.seed,
                                    beta=beta, max_new_tokens=a.max_new_tokens or task.recipe.max_new_tokens,
-                                   sample_from=a.sample_from)
+                                   sample_from=a.sample_from, split=a.split)
     metric["beta"] = beta
     out.mkdir(parents=True, exist_ok=True)
     (out / "credit.json").write_text(json.dumps(metric, indent=1) + "\n")
     shown = wrong[: a.examples]
     if shown:
         labels = [f"{p} {y} (first wrong: {w})" for p, y, _, w in shown]
-        paths = write_views([r for _, _, r, _ in shown], labels, out / "credit", prompt=f"{a.task}: held-out")
+        paths = write_views([r for _, _, r, _ in shown], labels, out / "credit", prompt=f"{a.task}: {a.split}")
         print(f"wrote {paths[0]} and {paths[1]}")
     print(f"{'wrong responses':<34}{metric['n']:>8d}  ({metric['wrong_share']:.1%} of {metric['n_prompts']}, "
-          f"sampled from {a.sample_from})")
+          f"{a.split} prompts, sampled from {a.sample_from})")
     print(f"{'argmin r_t on first wrong token':<34}{metric['hit_rate']:>8.1%}")
     print(f"{'uniform baseline mean(1/len)':<34}{metric['uniform_baseline']:>8.1%}")
     return 0

@@ -24,4 +24,4 @@ def get_task(name: str) -> Task:
     return TASKS[name]()
 
 
-__all__ = ["TASKS", "DEFAULT_TASK", "Recipe", "Task", "get_task"]
+__all__ = ["DEFAULT_TASK", "TASKS", "Recipe", "Task", "get_task"]

@@ -1,9 +1,14 @@
 """The `arithmetic` task: multi-digit addition, where the gold checker says which response token first goes wrong.
 
-Prompt "482+377=", response "859" (one token per digit, then EOS). Compare the response, closed by an end
-marker, with the answer closed the same way:
+Prompt "48+77=", response "521": the sum 125 written least-significant digit first, one token per digit, then
+EOS. Reversed answers (as in Lee et al. 2023, "Teaching arithmetic to small transformers") make each output
+digit depend only on the operands' digits at that place and the carry just produced, which a ~0.45M-parameter
+model learns on CPU in minutes; written most-significant first, the first digit needs the whole carry chain and
+the same model stayed far from competent in the same budget. Operands are in [0, 99].
 
-    target   t = digits(a + b) + [END]            response   y = digits(response) + [END]
+Compare the response, closed by an end marker, with the reversed answer closed the same way:
+
+    target   t = reversed digits(a + b) + [END]   response   y = digits(response) + [END]
     first_wrong(y) = min{ i : y_i ≠ t_i }          (None when y = t)
     r*(prompt, response) = 1                       if y = t
                          = first_wrong(y) / |t|    otherwise   (share of the answer right before the first error)
@@ -20,7 +25,7 @@ import re
 
 from tokendpo.tasks.base import ModelShape, Recipe, Task
 
-MAX_OPERAND = 999
+MAX_OPERAND = 99
 _PROMPT = re.compile(r"^(\d+)\+(\d+)=$")
 
 
@@ -32,8 +37,9 @@ def parse_prompt(prompt: str) -> tuple[int, int]:
 
 
 def answer(prompt: str) -> str:
+    """The expected response: the sum's digits, least significant first ("48+77=" -> "521")."""
     a, b = parse_prompt(prompt)
-    return str(a + b)
+    return str(a + b)[::-1]
 
 
 def first_wrong_token(prompt: str, response: str) -> int | None:
@@ -48,12 +54,13 @@ def first_wrong_token(prompt: str, response: str) -> int | None:
 
 
 class ArithmeticTask(Task):
-    """Addition of two integers in [0, 999]; r* = share of the answer right before the first wrong token."""
+    """Addition of two integers in [0, 99], answer reversed; r* = share of the answer right before the first
+    wrong token."""
 
     name = "arithmetic"
     shape = ModelShape(hidden_size=96, num_hidden_layers=3, num_attention_heads=4, intermediate_size=384)
-    recipe = Recipe(sft_examples=40000, sft_steps=1000, sft_batch_size=128, sft_lr=3e-3, pair_prompts=1024, k=4,
-                    label_temperature=0.05, beta=0.1, dpo_steps=200, dpo_batch_size=16, dpo_lr=5e-4,
+    recipe = Recipe(sft_examples=40000, sft_steps=400, sft_batch_size=128, sft_lr=3e-3, pair_prompts=1024, k=4,
+                    label_temperature=0.05, beta=0.1, dpo_steps=200, dpo_batch_size=16, dpo_lr=2e-4,
                     max_new_tokens=6)
     heldout_every = 5
     join_tokens = True

@@ -102,16 +102,18 @@ class Task:
         rng = random.Random(f"{self.name}/{split}/{seed}")
         out: list[str] = []
         seen: set[str] = set()
-        tries = 0
+        misses = 0  # draws in a row that gave nothing new: the split is (nearly) exhausted
         while len(out) < n:
-            tries += 1
-            if tries > 200 * n + 10_000:
-                raise ValueError(f"task {self.name!r}: cannot draw {n} distinct {split} prompts "
-                                 f"(the split holds only about {len(seen)}); ask for fewer")
             p = self._random_prompt(rng)
             if p not in seen and split_of(p, self.heldout_every) == split:
                 seen.add(p)
                 out.append(p)
+                misses = 0
+            else:
+                misses += 1
+                if misses > 20_000:
+                    raise ValueError(f"task {self.name!r}: cannot draw {n} distinct {split} prompts "
+                                     f"(the split holds about {len(seen)}); ask for fewer")
         return out
 
     def corpus(self, n: int, seed: int) -> list[tuple[str, str]]:

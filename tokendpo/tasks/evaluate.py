@@ -98,11 +98,11 @@ def evaluate_policies(task: Task, sft_dir: Path, dpo_dir: Path, eval_pairs_path:
     sft_model.eval()
     dpo_model.eval()
     prompts = task.prompts("heldout", n_prompts, seed=seed)
-    eval_pairs = [json.loads(line) for line in open(eval_pairs_path)]
+    eval_pairs = [json.loads(line) for line in Path(eval_pairs_path).read_text().splitlines() if line.strip()]
     # An independent SFT sample per prompt is the baseline both policies are compared with.
     base_texts, _ = sample(sft_model, tokenizer, prompts, max_new_tokens=max_new_tokens, seed=seed + 7_919)
     baseline_gold = [task.gold_reward(p, y) for p, y in zip(prompts, base_texts)]
-    kw = dict(max_new_tokens=max_new_tokens, beta=beta, seed=seed + 104_729, progress=progress)
+    kw = {"max_new_tokens": max_new_tokens, "beta": beta, "seed": seed + 104_729, "progress": progress}
     return {
         "sft": policy_metrics(task, sft_model, sft_model, tokenizer, prompts, baseline_gold, eval_pairs,
                               name="sft", **kw),

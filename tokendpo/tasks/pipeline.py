@@ -26,6 +26,7 @@ import argparse
 import json
 import os
 import random
+import sys
 import time
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
@@ -70,7 +71,7 @@ class PipelineSettings:
     eval_prompts: int = 0
 
     @classmethod
-    def resolve(cls, task: Task, *, seed: int = 0, quick: bool = False, **overrides) -> "PipelineSettings":
+    def resolve(cls, task: Task, *, seed: int = 0, quick: bool = False, **overrides) -> PipelineSettings:
         r = asdict(task.recipe)
         if quick:  # a few-minute run for tests: smaller everything, same recipe
             r.update(sft_examples=r["sft_examples"] // 2, sft_steps=r["sft_steps"] // 2,
@@ -94,8 +95,7 @@ def _mark_complete(d: Path, info: dict) -> None:
 def _write_jsonl_atomic(path: Path, rows: list[dict]) -> None:
     tmp = path.with_suffix(path.suffix + ".tmp")
     with open(tmp, "w") as f:
-        for row in rows:
-            f.write(json.dumps(row) + "\n")
+        f.writelines(json.dumps(row) + "\n" for row in rows)
     os.replace(tmp, path)
 
 
@@ -170,14 +170,11 @@ def stage_pairs(task: Task, s: PipelineSettings, sft_dir: Path, pairs_path: Path
     return info
 
 
-def stage_dpo(s: PipelineSettings, sft_dir: Path, pairs_path: Path, eval_pairs_path: Path, out_dir: Path, *,
-              progress: bool = True) -> dict:
-    """DPO with the core training loop, from the SFT model, which is also the (frozen) reference."""
+def dpo_config(s: PipelineSettings, sft_dir: Path, pairs_path: Path, eval_pairs_path: Path, out_dir: Path, *,
+               progress: bool = True):
+    """The core loop's Config for the pipeline's DPO stage: the SFT model is the start and the frozen reference."""
     from tokendpo.config import Config
-    from tokendpo.train import train
 
-    if _complete(out_dir):
-        return {"skipped": True}
     cfg = Config()
     cfg.model.model = str(sft_dir)
     cfg.data.dataset = str(pairs_path)
@@ -195,7 +192,17 @@ def stage_dpo(s: PipelineSettings, sft_dir: Path, pairs_path: Path, eval_pairs_p
     cfg.train.logging_steps = 1
     cfg.train.seed = s.seed
     cfg.train.progress = progress
-    final = train(cfg)
+    return cfg
+
+
+def stage_dpo(s: PipelineSettings, sft_dir: Path, pairs_path: Path, eval_pairs_path: Path, out_dir: Path, *,
+              progress: bool = True) -> dict:
+    """DPO with the core training loop (`tokendpo.train.train`)."""
+    from tokendpo.train import train
+
+    if _complete(out_dir):
+        return {"skipped": True}
+    final = train(dpo_config(s, sft_dir, pairs_path, eval_pairs_path, out_dir, progress=progress))
     _mark_complete(out_dir, {"stage": "dpo", "final": final})
     return final
 
@@ -251,6 +258,10 @@ def run_pipeline(task: str = DEFAULT_TASK, output_dir: str = "outputs/default", 
             continue
         done, run = steps[name]
         was_done = done()
+        needed = STAGES[STAGES.index(name) - 1] if name != "sft" else None
+        if not was_done and needed and not steps[needed][0]():
+            raise ValueError(f"stage {name!r} needs the output of stage {needed!r} in {out}; run it first "
+                             f"(--stage {needed}, or --stage all)")
         t0 = time.perf_counter()
         result = run()
         if not was_done:
@@ -269,7 +280,7 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m tokendpo.tasks.pipeline", description=__doc__.split("\n")[0])
     ap.add_argument("--task", default=DEFAULT_TASK, choices=sorted(TASKS))
     ap.add_argument("--output_dir", default="outputs/default")
-    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--seed", type=int, default=42, help="default 42, as `python -m tokendpo.train`")
     ap.add_argument("--quick", action="store_true", help="a few-minute run with smaller sizes")
     ap.add_argument("--stage", default="all", choices=("all",) + STAGES,
                     help="run one stage (its inputs must exist) or all (default)")
@@ -280,8 +291,12 @@ def main(argv: list[str] | None = None) -> int:
     a = ap.parse_args(argv)
     overrides = {k: getattr(a, k) for k in ("k", "label_temperature", "beta", "sft_steps", "dpo_steps", "dpo_lr",
                                             "eval_prompts")}
-    run_pipeline(a.task, a.output_dir, seed=a.seed, quick=a.quick,
-                 stages=STAGES if a.stage == "all" else (a.stage,), argmax=a.argmax or None, **overrides)
+    try:
+        run_pipeline(a.task, a.output_dir, seed=a.seed, quick=a.quick,
+                     stages=STAGES if a.stage == "all" else (a.stage,), argmax=a.argmax or None, **overrides)
+    except (ValueError, OSError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     return 0
 
 

@@ -37,7 +37,8 @@ def sample(model, tokenizer, prompts: list[str], *, max_new_tokens: int, tempera
         torch.manual_seed(seed * 100_003 + b)
         out = model.generate(input_ids=input_ids, attention_mask=attention_mask, generation_config=gen_cfg)
         for row in out[:, width:].tolist():  # (B, ≤ max_new_tokens)
-            gen = row[: row.index(eos) + 1] if eos in row else [t for t in row if t != pad]
+            # generate pads a row only after its EOS, so a row without EOS is max_new_tokens real tokens
+            gen = row[: row.index(eos) + 1] if eos in row else row
             ids_out.append(gen)
             texts.append(tokenizer.decode(gen, skip_special_tokens=True).strip())
     return texts, ids_out

@@ -112,7 +112,9 @@ class SentimentTask(Task):
 
     name = "sentiment"
     shape = ModelShape(hidden_size=64, num_hidden_layers=2, num_attention_heads=4, intermediate_size=256)
-    recipe = Recipe(max_new_tokens=24)
+    # DPO lr 4e-4 for 200 steps: at 1e-3 the policy left the grammar (valid 84% -> 50%, KL 37 nats, 3-gram
+    # repetition 0.21, gold reward below SFT); at 4e-4 it stays valid (98%) and diverse (KL ~1 nat).
+    recipe = Recipe(sft_steps=500, sft_batch_size=64, sft_lr=5e-3, dpo_lr=4e-4, dpo_steps=200, max_new_tokens=24)
     heldout_every = 5
 
     def _random_prompt(self, rng: random.Random) -> str:

@@ -1,0 +1,54 @@
+"""Task generation: deterministic from a seed, held-out prompts disjoint from train, tokenizer round-trips."""
+
+import pytest
+
+from tokendpo.tasks import TASKS, get_task
+from tokendpo.tasks.base import split_of
+
+
+@pytest.mark.parametrize("name", sorted(TASKS))
+def test_prompts_are_deterministic_and_splits_disjoint(name):
+    task = get_task(name)
+    a = task.prompts("train", 300, seed=3)
+    assert a == get_task(name).prompts("train", 300, seed=3)  # a fresh instance, same list
+    assert a != task.prompts("train", 300, seed=4)
+    assert len(set(a)) == len(a) == 300
+    held = task.prompts("heldout", 256, seed=3)
+    assert len(set(held)) == 256
+    # disjoint whatever the seeds: no held-out prompt appears in a large train draw with other seeds
+    train_pool = set(task.prompts("train", 1000, seed=11)) | set(a)
+    assert not train_pool & set(held)
+    assert all(split_of(p, task.heldout_every) == "heldout" for p in held)
+
+
+@pytest.mark.parametrize("name", sorted(TASKS))
+def test_corpus_is_deterministic_train_only_and_gold_optimal_for_arithmetic(name):
+    task = get_task(name)
+    c = task.corpus(200, seed=1)
+    assert c == task.corpus(200, seed=1) and c != task.corpus(200, seed=2)
+    assert all(split_of(p, task.heldout_every) == "train" for p, _ in c)
+    assert all(task.is_valid(p, r) for p, r in c)  # the grammar's own outputs are valid
+
+
+@pytest.mark.parametrize("name", sorted(TASKS))
+def test_tokenizer_round_trips_and_never_hits_unk(name):
+    task = get_task(name)
+    tok = task.tokenizer(task.corpus(500, seed=0))
+    assert tok.bos_token_id is not None and tok.eos_token_id is not None and tok.pad_token_id is not None
+    for p in task.prompts("heldout", 50, seed=0):
+        ids = tok(p)["input_ids"]
+        assert ids[0] == tok.bos_token_id and tok.unk_token_id not in ids
+    for p, r in task.corpus(50, seed=9):
+        ids = tok(r, add_special_tokens=False)["input_ids"]
+        assert tok.unk_token_id not in ids and tok.bos_token_id not in ids
+        assert tok.decode(ids) == r  # what the model generates decodes back to the grammar's text
+
+
+def test_bad_arguments_are_clear_errors():
+    with pytest.raises(ValueError, match="unknown task 'nope'"):
+        get_task("nope")
+    task = get_task("sentiment")
+    with pytest.raises(ValueError, match="split must be one of"):
+        task.prompts("test", 3, seed=0)
+    with pytest.raises(ValueError, match="distinct heldout prompts"):
+        task.prompts("heldout", 100_000, seed=0)

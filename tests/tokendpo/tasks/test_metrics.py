@@ -1,0 +1,37 @@
+import random
+
+import pytest
+
+from tokendpo.tasks.metrics import bradley_terry_label, distinct_rate, repetition, win_rate
+
+
+def test_win_rate_counts_ties_as_half():
+    assert win_rate([1.0, 0.0, 0.5, 0.2], [0.0, 1.0, 0.5, 0.1]) == pytest.approx((1 + 0 + 0.5 + 1) / 4)
+    with pytest.raises(ValueError):
+        win_rate([1.0], [])
+
+
+def test_distinct_rate():
+    assert distinct_rate(["a", "b", "a", "c"]) == 0.75
+    assert distinct_rate(["x"] * 10) == 0.1
+
+
+def test_repetition_hand_example():
+    # "a b c a b c": trigrams abc bca cab abc -> the last repeats the first: 1/4
+    assert repetition([list("abcabc")]) == pytest.approx(1 / 4)
+    # pooled: + "x y z w" (2 trigrams, none repeated) -> 1/6; a 2-token response adds no trigrams
+    assert repetition([list("abcabc"), list("xyzw"), list("ab")]) == pytest.approx(1 / 6)
+    assert repetition([list("aaaa")], n=2) == pytest.approx(2 / 3)
+    assert repetition([]) == 0.0
+
+
+def test_bradley_terry_frequencies_match_sigmoid():
+    """P(a chosen) = σ((r_a − r_b)/T): Δ = 0.1, T = 0.1 → σ(1) = 0.7311; 20k draws, 4σ ≈ 0.013."""
+    rng = random.Random(0)
+    n = 20_000
+    share = sum(bradley_terry_label(0.3, 0.2, 0.1, rng) for _ in range(n)) / n
+    assert share == pytest.approx(0.7311, abs=0.013)
+    assert bradley_terry_label(0.2, 0.3, 0.1, rng, argmax=True) is False
+    assert bradley_terry_label(5.0, -5.0, 1e-3, rng) is True  # huge z, no overflow
+    with pytest.raises(ValueError, match="temperature"):
+        bradley_terry_label(0.1, 0.0, 0.0, rng)

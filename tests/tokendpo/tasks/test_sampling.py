@@ -1,0 +1,48 @@
+"""Generation is deterministic for a seed; greedy ignores the seed; EOS ends a response and is kept in its ids."""
+
+import pytest
+import torch
+from transformers import AutoModelForCausalLM
+
+from tokendpo.tasks import get_task
+from tokendpo.tasks.sampling import sample
+
+
+@pytest.fixture(scope="module")
+def model_and_tok():
+    task = get_task("arithmetic")
+    tok = task.tokenizer(task.corpus(200, seed=0))
+    torch.manual_seed(0)
+    cfg = task.model_config(tok)
+    cfg.hidden_size, cfg.intermediate_size, cfg.num_hidden_layers = 16, 32, 1
+    return AutoModelForCausalLM.from_config(cfg).eval(), tok, task.prompts("heldout", 37, seed=0)
+
+
+def test_same_seed_same_samples_other_seed_other_samples(model_and_tok):
+    model, tok, prompts = model_and_tok
+    a = sample(model, tok, prompts, max_new_tokens=5, seed=1, batch_size=16)
+    b = sample(model, tok, prompts, max_new_tokens=5, seed=1, batch_size=16)
+    c = sample(model, tok, prompts, max_new_tokens=5, seed=2, batch_size=16)
+    assert a == b
+    assert a[0] != c[0]
+    g1 = sample(model, tok, prompts, max_new_tokens=5, greedy=True, seed=1)
+    g2 = sample(model, tok, prompts, max_new_tokens=5, greedy=True, seed=5)
+    assert g1 == g2
+
+
+def test_ids_stop_at_eos_and_texts_decode_them(model_and_tok):
+    model, tok, prompts = model_and_tok
+    texts, ids = sample(model, tok, prompts, max_new_tokens=5, seed=3)
+    eos = tok.eos_token_id
+    assert len(texts) == len(ids) == len(prompts)
+    for t, y in zip(texts, ids):
+        assert 1 <= len(y) <= 5
+        assert eos not in y[:-1]  # EOS only ever last
+        assert y[-1] == eos or len(y) == 5  # cut after EOS, else the full budget
+        assert t == tok.decode(y, skip_special_tokens=True).strip()
+
+
+def test_zero_temperature_is_rejected(model_and_tok):
+    model, tok, prompts = model_and_tok
+    with pytest.raises(ValueError, match="temperature must be > 0"):
+        sample(model, tok, prompts, max_new_tokens=2, temperature=0.0)
