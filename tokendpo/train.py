@@ -425,7 +425,7 @@ def main(argv: list[str] | None = None) -> int:
             from tokendpo.tasks.pipeline import run_pipeline
 
             output_dir = cfg.train.output_dir if "output_dir" in cli_values else "outputs/default"
-            run_pipeline(cfg.task.task or "sentiment", output_dir, seed=cfg.train.seed)
+            run_pipeline(cfg.task.task or "sentiment", output_dir, seed=cfg.train.seed, progress=cfg.train.progress)
             return 0
         result = train(cfg, cli_values=cli_values)
     except (config_mod.ConfigError, ValueError, FileNotFoundError, OSError, NonFiniteError) as e:
