@@ -218,9 +218,24 @@ def table(rows: list[dict]) -> list[str]:
     return lines
 
 
+def pivot(rows: list[dict]) -> list[str]:
+    """Win rate vs SFT samples (gold in brackets) per policy × decoder: the compact view of the table above."""
+    names = list(dict.fromkeys(r["decoder"] for r in rows))
+    cells: dict[tuple, dict[str, str]] = {}
+    for r in rows:
+        cells.setdefault((r["task"], r["beta"], r["checkpoint"]), {})[r["decoder"]] = f"{r['win']:.2f} ({r['gold']:+.2f})"
+    lines = ["| task | β | checkpoint | " + " | ".join(names) + " |", "|" + "---|" * (len(names) + 3)]
+    for (task, beta, ck), c in cells.items():
+        lines.append(f"| {task} | {beta:g} | {ck} | " + " | ".join(c.get(n, "") for n in names) + " |")
+    return lines
+
+
 def findings(rows: list[dict]) -> list[str]:
     """Targets and over-optimisation, read off the rows (never asserted: a miss is reported)."""
     out = []
+    floors: dict[str, float] = {}  # lowest gold any output got on the task (sentiment: −1 = invalid)
+    for r in rows:
+        floors[r["task"]] = min(floors.get(r["task"], math.inf), *r["per_prompt_gold"])
     groups: dict[tuple, dict[str, dict]] = {}
     for r in rows:
         groups.setdefault((r["task"], r["beta"], r["checkpoint"]), {})[r["decoder"]] = r
@@ -243,19 +258,32 @@ def findings(rows: list[dict]) -> list[str]:
                 wins = [g[f"{fam}-{k}"]["win"] for k in ks]
                 peak = max(range(len(ks)), key=lambda i: wins[i])
                 if peak < len(ks) - 1 and wins[-1] < wins[peak] - 0.02:
-                    out.append(f"- {tag}: over-optimisation in {fam}: win peaks at K={ks[peak]} ({wins[peak]:.3f}) "
-                               f"and falls to {wins[-1]:.3f} at K={ks[-1]} (log-ratio "
-                               f"{g[f'{fam}-{ks[peak]}']['log_ratio']:+.1f} → {g[f'{fam}-{ks[-1]}']['log_ratio']:+.1f})")
-        mcts = [r for n, r in g.items() if r["family"] == "mcts"]
-        beam = [r for n, r in g.items() if r["family"] == "beam"]
+                    a, b = g[f"{fam}-{ks[peak]}"], g[f"{fam}-{ks[-1]}"]
+                    grew = b["log_ratio"] > a["log_ratio"] + 0.1 * abs(a["log_ratio"]) + 0.5
+                    what = "over-optimisation" if grew else "more search hurts"
+                    out.append(f"- {tag}: {what} in {fam}: win peaks at K={ks[peak]} ({wins[peak]:.3f}) and falls "
+                               f"to {wins[-1]:.3f} at K={ks[-1]} (log-ratio {a['log_ratio']:+.1f} → "
+                               f"{b['log_ratio']:+.1f}, length {a['length']:.1f} → {b['length']:.1f})")
+        hacked = [r["decoder"] for r in g.values() if r["family"] not in ("sample", "greedy")
+                  and r["win"] < samp - 0.05 and r["log_ratio"] > g["sample"]["log_ratio"]]
+        if hacked:
+            out.append(f"- {tag}: below sampling's win rate {samp:.3f} by > 5 points with a higher log π/π_ref "
+                       f"than sampling (over-optimised): {', '.join(hacked)}")
+        mcts = [r for r in g.values() if r["family"] == "mcts"]
         for m in sorted(mcts, key=lambda r: r["x"]):
-            if not beam:
-                break
-            near = min(beam, key=lambda b: abs(math.log(b["forward_tokens"] / m["forward_tokens"])))
-            verdict = "met" if m["win"] >= near["win"] else "NOT met"
-            out.append(f"- {tag}: {m['decoder']} win {m['win']:.3f} at {m['forward_tokens']:.0f} fwd tokens vs "
-                       f"{near['decoder']} {near['win']:.3f} at {near['forward_tokens']:.0f} (nearest compute; "
-                       f"MCTS ≥ beam: {verdict})")
+            parts = []
+            for fam in ("beam", "beam-lik"):
+                beam = [r for r in g.values() if r["family"] == fam]
+                if not beam:
+                    continue
+                near = min(beam, key=lambda b: abs(math.log(b["forward_tokens"] / m["forward_tokens"])))
+                verdict = "met" if m["win"] >= near["win"] else "NOT met"
+                floor = " (both at the gold floor: a tie of failures)" if m["gold"] <= floors[task] + 1e-9 and \
+                    near["gold"] <= floors[task] + 1e-9 else ""
+                parts.append(f"{near['decoder']} {near['win']:.3f} at {near['forward_tokens']:.0f}: {verdict}{floor}")
+            if parts:
+                out.append(f"- {tag}: {m['decoder']} win {m['win']:.3f} at {m['forward_tokens']:.0f} fwd tokens vs "
+                           f"nearest-compute " + "; ".join(parts))
     return out
 
 
@@ -284,6 +312,7 @@ def plots(rows: list[dict], out: Path) -> list[Path]:
                 if samp:
                     ax.axhline(samp[0], color=line.get_color(), linestyle=":", linewidth=0.8)
             ax.set_xscale("log", base=2)
+            ax.set_ylim(0, 1)
             ax.set_title(f"{task}: {fam} (dotted: sampling)")
             ax.set_xlabel("simulations per token" if fam == "mcts" else "beams K")
             ax.set_ylabel("gold win rate vs SFT samples")
@@ -344,7 +373,9 @@ def report(rows: list[dict], out: Path, command: str, *, plot: bool = True) -> s
     add_ceiling(rows)
     lines = [f"paper search experiment — {datetime.date.today()} — {machine()} — commit {commit()}", "",
              f"command: `{command}`", ""]
-    lines += table(rows) + ["", "Findings (read off the rows above):", ""] + (findings(rows) or ["- none yet"])
+    lines += ["Win rate vs SFT temperature-1 samples (mean gold reward):", ""] + pivot(rows)
+    lines += ["", "All metrics:", ""] + table(rows)
+    lines += ["", "Findings (read off the rows above):", ""] + (findings(rows) or ["- none yet"])
     text = "\n".join(lines) + "\n"
     (out / "RESULTS.md").write_text(text)
     if plot and rows:
@@ -378,6 +409,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--batch_size", type=int, default=64, help="prompts decoded together")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                    help="override a pipeline setting of the task recipe (PipelineSettings field), e.g. sft_steps=1200")
     ap.add_argument("--quick", action="store_true", help="smoke run: tiny training, 4 prompts, 7 decoders, one β")
     ap.add_argument("--report_only", action="store_true", help="rebuild RESULTS.md and the PNGs from results_*.jsonl")
     ap.add_argument("--progress", action="store_true")
@@ -394,6 +427,12 @@ def main(argv: list[str] | None = None) -> int:
         a.max_new_tokens = a.max_new_tokens or 8
         overrides = dict(sft_examples=1024, sft_steps=120, sft_batch_size=16, pair_prompts=32, k=4,
                          eval_pair_prompts=16, dpo_steps=4, dpo_batch_size=4, eval_prompts=4)
+    for item in a.set:
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise SystemExit(f"--set expects KEY=VALUE, got {item!r}")
+        overrides[key] = type(getattr(PipelineSettings(), key, ""))(value) if hasattr(PipelineSettings, key) \
+            else value  # an unknown key is refused by PipelineSettings.resolve with the list of fields
     dec_list = decoders(a.quick)
     if a.decoders:
         wanted = a.decoders.split(",")

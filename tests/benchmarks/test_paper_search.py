@@ -49,15 +49,16 @@ def test_numbers_match_independent_recomputation(quick_run):
         # the stored completions score what the task's own gold reward says
         for p, y, gold in zip(prompts, r["examples"], g):
             assert task.gold_reward(p, y) == pytest.approx(gold, abs=1e-12)
-        if r["checkpoint"] == "sft":  # π = π_ref: every log-ratio is exactly 0
-            assert all(x == 0.0 for x in r["per_prompt_log_ratio"])
+        if r["checkpoint"] == "sft":  # π = π_ref: every log-ratio is 0 (cached decode vs one rescoring pass: 1e-4)
+            assert all(abs(x) < 1e-4 for x in r["per_prompt_log_ratio"])
 
 
 def test_report_and_figures(quick_run):
     out, rows = quick_run
     text = (out / "RESULTS.md").read_text()
     assert "command: `python -m benchmarks.paper_search --quick" in text
-    table_rows = [ln for ln in text.splitlines() if ln.startswith("| sentiment |")]
-    assert len(table_rows) == len(rows)
+    pivot, full = text.split("All metrics:")
+    assert len([ln for ln in full.splitlines() if ln.startswith("| sentiment |")]) == len(rows)
+    assert len([ln for ln in pivot.splitlines() if ln.startswith("| sentiment |")]) == len({r["checkpoint"] for r in rows})
     for png in ("winrate_vs_search.png", "quality_vs_compute.png"):
         assert (out / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
