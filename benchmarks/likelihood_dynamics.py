@@ -15,6 +15,7 @@ beside the training log's per-step `logps/chosen`, `logps/rejected` and `rewards
 writes likelihood_dynamics.json and likelihood_dynamics.png to --output_dir.
 
     python -m benchmarks.likelihood_dynamics [--task sentiment] [--output_dir outputs/likelihood_dynamics]
+                                             [--base outputs/default] [--every 25] [--n_samples 256] [--seed 42]
     python -m benchmarks.likelihood_dynamics --quick          # a seconds-long smoke run
 """
 
@@ -52,11 +53,16 @@ def ref_expectation(policy, reference, tokenizer, prompts, ref_ids, beta: float)
     return mean, math.sqrt(var / len(vals))
 
 
-def run(task_name: str, output_dir: Path, *, every: int, n_samples: int, seed: int, quick: bool) -> dict:
+def run(task_name: str, output_dir: Path, *, every: int, n_samples: int, seed: int, quick: bool,
+        base: Path | None = None) -> dict:
     task = get_task(task_name)
-    overrides = QUICK if quick else {}
-    base = output_dir / "pipeline"
-    run_pipeline(task_name, str(base), seed=seed, stages=("sft", "pairs"), print_summary=False, **overrides)
+    # plain DPO (no NLL term on the chosen responses, whatever the task recipe says): the theory is about DPO
+    overrides = {**(QUICK if quick else {}), "rpo_alpha": 0.0}
+    if base is None:
+        base = output_dir / "pipeline"
+        run_pipeline(task_name, str(base), seed=seed, stages=("sft", "pairs"), print_summary=False, **overrides)
+    elif not ((base / "sft" / ".complete").exists() and (base / "pairs.jsonl").exists()):
+        raise ValueError(f"--base {base}: needs a pipeline output dir with a finished sft/ and pairs.jsonl")
     s = PipelineSettings.resolve(task, seed=seed, **overrides)
     dpo_dir = output_dir / "dpo"
     if dpo_dir.exists():  # checkpoints of an earlier run would mix in: start clean
@@ -96,7 +102,12 @@ def run(task_name: str, output_dir: Path, *, every: int, n_samples: int, seed: i
     return result
 
 
-def plot(result: dict, path: Path) -> None:
+def moving_average(xs: list[float], window: int) -> list[float]:
+    """Trailing mean over up to `window` values (train-batch metrics are noisy: each step sees other pairs)."""
+    return [sum(xs[max(0, i - window + 1): i + 1]) / (i + 1 - max(0, i - window + 1)) for i in range(len(xs))]
+
+
+def plot(result: dict, path: Path, window: int = 10) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -105,15 +116,18 @@ def plot(result: dict, path: Path) -> None:
     per, pts = result["per_step"], result["points"]
     fig, (a1, a2) = plt.subplots(1, 2, figsize=(11, 4))
     xs = [r["step"] for r in per]
-    a1.plot(xs, [r["logps/chosen"] for r in per], label="logps/chosen (train batch)")
-    a1.plot(xs, [r["logps/rejected"] for r in per], label="logps/rejected (train batch)", alpha=0.7)
+    for key, colour in (("logps/chosen", "C0"), ("logps/rejected", "C1")):
+        ys = [r[key] for r in per]
+        a1.plot(xs, ys, color=colour, alpha=0.25)
+        a1.plot(xs, moving_average(ys, window), color=colour, label=f"{key} (train batch, mean of {window})")
     a1.set_xlabel("DPO step")
     a1.set_ylabel("sequence log-prob")
     a1.legend()
     px = [p["step"] for p in pts]
     a2.errorbar(px, [p["ref_expectation"] for p in pts], yerr=[2 * p["ref_expectation_se"] for p in pts],
                 marker="o", capsize=3, label=r"$E_{y\sim\pi_{ref}}[\beta \log \pi/\pi_{ref}]$ (±2 se)")
-    a2.plot(xs, [r["rewards/chosen"] for r in per], alpha=0.6, label="rewards/chosen (train batch)")
+    a2.plot(xs, moving_average([r["rewards/chosen"] for r in per], window), alpha=0.7,
+            label=f"rewards/chosen (train batch, mean of {window})")
     a2.axhline(0.0, color="grey", lw=0.8)
     a2.set_xlabel("DPO step")
     a2.set_ylabel("implicit reward")
@@ -132,12 +146,15 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--n_samples", type=int, default=256, help="reference samples for the E_ref estimate")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--quick", action="store_true", help="tiny sizes: a smoke run of the whole script")
+    ap.add_argument("--base", default=None, help="reuse sft/ and pairs*.jsonl of this pipeline output dir "
+                                                 "(e.g. outputs/default) instead of running those stages")
     a = ap.parse_args(argv)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     every, n = (2, 8) if a.quick else (a.every, a.n_samples)
     out = Path(a.output_dir)
     out.mkdir(parents=True, exist_ok=True)
-    result = run(a.task, out, every=every, n_samples=n, seed=a.seed, quick=a.quick)
+    result = run(a.task, out, every=every, n_samples=n, seed=a.seed, quick=a.quick,
+                 base=Path(a.base) if a.base else None)
     result["command"] = "python -m benchmarks.likelihood_dynamics " + " ".join(argv if argv is not None else sys.argv[1:])
     result["machine"] = f"{platform.machine()} {os.cpu_count()} cpus, {platform.python_implementation()}"
     (out / "likelihood_dynamics.json").write_text(json.dumps(result, indent=1) + "\n")
