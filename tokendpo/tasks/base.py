@@ -57,7 +57,9 @@ class Recipe:
     eval_pair_prompts: int = 128   # held-out prompts for eval pairs (eval_reward_accuracy)
     label_temperature: float = 0.1  # Bradley–Terry: P(a ≻ b) = σ((r*(a) − r*(b)) / T)
     beta: float = 0.1
+    rpo_alpha: float = 0.0         # weight of an NLL term on the chosen response during DPO (0 = plain DPO)
     dpo_steps: int = 200
+    dpo_max_epochs: float = 4.0    # cap: fewer steps when there are few pairs (a strong SFT model ties a lot)
     dpo_batch_size: int = 16
     dpo_lr: float = 1e-3
     max_new_tokens: int = 24
