@@ -38,7 +38,7 @@ from tokendpo.tasks.pipeline import PipelineSettings, dpo_config, run_pipeline
 from tokendpo.tasks.sampling import sample
 
 QUICK = {"sft_examples": 400, "sft_steps": 10, "sft_batch_size": 16, "pair_prompts": 24, "k": 2,
-         "eval_pair_prompts": 8, "dpo_steps": 4, "dpo_batch_size": 4, "eval_prompts": 8}
+         "eval_pair_prompts": 8, "dpo_steps": 4, "dpo_max_epochs": 1000.0, "dpo_batch_size": 4, "eval_prompts": 8}
 
 
 def read_metrics(path: Path) -> list[dict]:

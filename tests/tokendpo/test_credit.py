@@ -81,6 +81,10 @@ def test_cli_task_metric(arith_models, tmp_path):
     assert m["n"] > 0 and 0.0 <= m["hit_rate"] <= 1.0 and 0.0 < m["uniform_baseline"] <= 1.0
     assert m["beta"] == 0.1  # no train_config.yaml: the default
     assert (tmp_path / "credit.html").read_text().count('class="tok"') > 0
+    assert m["split"] == "heldout" and m["n_prompts"] == 24
+    assert main(["--policy", policy, "--ref", ref, "--task", "arithmetic", "--n_prompts", "8", "--split", "train",
+                 "--output_dir", str(tmp_path / "train")]) == 0
+    assert json.loads((tmp_path / "train" / "credit.json").read_text())["split"] == "train"
 
 
 def test_cli_needs_a_task_or_a_response(arith_models):
