@@ -8,7 +8,7 @@ DPO run of the core loop (`tokendpo.train.train`, the pipeline's `dpo_config`) w
 not yet saturated checkpoint exists beside the final policy. Each policy (reference = the SFT model) decodes the
 same held-out prompts with every decoder of `search` (through `search.decode.run`, the CLI's own loop):
 sampling, greedy, best-of-N, beam (implicit score Σ β·log π/π_ref, and likelihood score Σ β·log π as in the
-paper), chunk-level beam and MCTS. Per configuration:
+paper), chunk-level beam and MCTS (backups of the implicit per-token rewards, and of β·log π: `mcts-lik`). Per configuration:
 
     gold       mean r*(x, y) of the decoded outputs
     win        mean over prompts of 1[r*(y) > r*(y_sft)] + ½·1[=], y_sft an independent temperature-1 SFT sample
@@ -70,7 +70,8 @@ def decoders(quick: bool) -> list[Decoder]:
                 Decoder("beam-2", "beam", 2, {"method": "beam", "beam": 2}),
                 Decoder("beam-lik-2", "beam-lik", 2, {"method": "beam", "beam": 2, "score": "likelihood"}),
                 Decoder("cbs-2,2,4", "cbs", 2, {"method": "cbs", "cbs": (2, 2, 4)}),
-                Decoder("mcts-4", "mcts", 4, {"method": "mcts", "simulations": 4})]
+                Decoder("mcts-4", "mcts", 4, {"method": "mcts", "simulations": 4}),
+                Decoder("mcts-lik-4", "mcts-lik", 4, {"method": "mcts", "simulations": 4, "score": "likelihood"})]
     out = [Decoder("sample", "sample", 1, {"method": "sample"}), Decoder("greedy", "greedy", 1, {"method": "greedy"})]
     out += [Decoder(f"bon-{n}", "bon", n, {"method": "bon", "bon": n}) for n in (4, 16)]
     out += [Decoder(f"beam-{k}", "beam", k, {"method": "beam", "beam": k}) for k in (1, 2, 4, 8, 16)]
@@ -79,6 +80,8 @@ def decoders(quick: bool) -> list[Decoder]:
     out += [Decoder(f"cbs-{w},{k},{c}", "cbs", w * k, {"method": "cbs", "cbs": (w, k, c)})
             for w, k, c in ((2, 2, 4), (4, 4, 4))]
     out += [Decoder(f"mcts-{s}", "mcts", s, {"method": "mcts", "simulations": s}) for s in (8, 32, 128)]
+    out += [Decoder(f"mcts-lik-{s}", "mcts-lik", s, {"method": "mcts", "simulations": s, "score": "likelihood"})
+            for s in (8, 32, 128)]
     return out
 
 
@@ -269,8 +272,8 @@ def findings(rows: list[dict]) -> list[str]:
         if hacked:
             out.append(f"- {tag}: below sampling's win rate {samp:.3f} by > 5 points with a higher log π/π_ref "
                        f"than sampling (over-optimised): {', '.join(hacked)}")
-        mcts = [r for r in g.values() if r["family"] == "mcts"]
-        for m in sorted(mcts, key=lambda r: r["x"]):
+        mcts = [r for r in g.values() if r["family"] in ("mcts", "mcts-lik")]
+        for m in sorted(mcts, key=lambda r: (r["family"], r["x"])):
             parts = []
             for fam in ("beam", "beam-lik"):
                 beam = [r for r in g.values() if r["family"] == fam]
@@ -296,9 +299,10 @@ def plots(rows: list[dict], out: Path) -> list[Path]:
     tasks = sorted({r["task"] for r in rows}, key=lambda t: TASKS.index(t) if t in TASKS else 99)
     pol = sorted({(r["beta"], r["checkpoint"]) for r in rows if r["checkpoint"] != "sft"})
     paths = []
-    fig, axes = plt.subplots(len(tasks), 3, figsize=(15, 4 * len(tasks)), squeeze=False)
+    panels = ("beam", "beam-lik", "mcts", "mcts-lik")
+    fig, axes = plt.subplots(len(tasks), len(panels), figsize=(5 * len(panels), 4 * len(tasks)), squeeze=False)
     for i, task in enumerate(tasks):
-        for j, fam in enumerate(("beam", "beam-lik", "mcts")):
+        for j, fam in enumerate(panels):
             ax = axes[i][j]
             for beta, ck in pol:
                 pts = sorted((r["x"], r["win"]) for r in rows if r["task"] == task and r["beta"] == beta
@@ -314,7 +318,7 @@ def plots(rows: list[dict], out: Path) -> list[Path]:
             ax.set_xscale("log", base=2)
             ax.set_ylim(0, 1)
             ax.set_title(f"{task}: {fam} (dotted: sampling)")
-            ax.set_xlabel("simulations per token" if fam == "mcts" else "beams K")
+            ax.set_xlabel("simulations per token" if fam.startswith("mcts") else "beams K")
             ax.set_ylabel("gold win rate vs SFT samples")
             ax.grid(alpha=0.3)
             ax.legend(fontsize=7)

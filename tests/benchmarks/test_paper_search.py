@@ -9,7 +9,7 @@ import pytest
 from benchmarks.paper_search import main
 from tokendpo.tasks import get_task
 
-QUICK_DECODERS = {"sample", "greedy", "bon-4", "beam-2", "beam-lik-2", "cbs-2,2,4", "mcts-4"}
+QUICK_DECODERS = {"sample", "greedy", "bon-4", "beam-2", "beam-lik-2", "cbs-2,2,4", "mcts-4", "mcts-lik-4"}
 
 
 @pytest.fixture(scope="module")
