@@ -8,7 +8,8 @@ import pytest
 
 pytest.importorskip("trl", reason="trl is not importable (benchmark extra: pip install trl==1.16.0)")
 
-from benchmarks.vs_trl import QUICK_STEPS, TOL, main  # noqa: E402
+from benchmarks.vs_trl import QUICK_STEPS, main  # noqa: E402
+from benchmarks.vs_trl_report import TOL  # noqa: E402
 
 
 def _cells(table: str, prefix: str, n: int | None = None) -> list[list[str]]:
