@@ -110,8 +110,15 @@ def train_policies(task: str, out: Path, *, betas: tuple[float, ...], seed: int,
             final = train(cfg)
             (dpo_dir / COMPLETE).write_text(json.dumps({"stage": "dpo", "beta": beta, "final": final,
                                                         "seconds": round(time.perf_counter() - t0, 1)}) + "\n")
-        policies[beta] = {f"early (step {early_step})": dpo_dir / f"checkpoint-{early_step}",
-                          f"final (step {s.dpo_steps})": dpo_dir}
+        logged = [json.loads(line) for line in (dpo_dir / "metrics.jsonl").read_text().splitlines() if line.strip()]
+        last = max((int(r["step"]) for r in logged if "step" in r), default=s.dpo_steps)
+        policies[beta] = {f"final (step {last})": dpo_dir}
+        early = dpo_dir / f"checkpoint-{early_step}"
+        if early.is_dir():
+            policies[beta] = {f"early (step {early_step})": early, **policies[beta]}
+        else:  # the run stopped before the early step (e.g. the epoch cap on few pairs): say so, don't crash
+            print(f"[{task} β={beta:g}] no early checkpoint: DPO stopped at step {last} < {early_step}",
+                  file=sys.stderr)
     return base / "sft", policies, s
 
 
