@@ -66,20 +66,20 @@ def decoders(quick: bool) -> list[Decoder]:
     if quick:
         return [Decoder("sample", "sample", 1, {"method": "sample"}),
                 Decoder("greedy", "greedy", 1, {"method": "greedy"}),
-                Decoder("bon-4", "bon", 4, {"method": "bon", "bon": 4}),
-                Decoder("beam-2", "beam", 2, {"method": "beam", "beam": 2}),
+                Decoder("bon-4", "bon", 4, {"method": "bon", "bon": 4, "score": "implicit"}),
+                Decoder("beam-2", "beam", 2, {"method": "beam", "beam": 2, "score": "implicit"}),
                 Decoder("beam-lik-2", "beam-lik", 2, {"method": "beam", "beam": 2, "score": "likelihood"}),
-                Decoder("cbs-2,2,4", "cbs", 2, {"method": "cbs", "cbs": (2, 2, 4)}),
-                Decoder("mcts-4", "mcts", 4, {"method": "mcts", "simulations": 4}),
+                Decoder("cbs-2,2,4", "cbs", 2, {"method": "cbs", "cbs": (2, 2, 4), "score": "implicit"}),
+                Decoder("mcts-4", "mcts", 4, {"method": "mcts", "simulations": 4, "score": "implicit"}),
                 Decoder("mcts-lik-4", "mcts-lik", 4, {"method": "mcts", "simulations": 4, "score": "likelihood"})]
     out = [Decoder("sample", "sample", 1, {"method": "sample"}), Decoder("greedy", "greedy", 1, {"method": "greedy"})]
-    out += [Decoder(f"bon-{n}", "bon", n, {"method": "bon", "bon": n}) for n in (4, 16)]
-    out += [Decoder(f"beam-{k}", "beam", k, {"method": "beam", "beam": k}) for k in (1, 2, 4, 8, 16)]
+    out += [Decoder(f"bon-{n}", "bon", n, {"method": "bon", "bon": n, "score": "implicit"}) for n in (4, 16)]
+    out += [Decoder(f"beam-{k}", "beam", k, {"method": "beam", "beam": k, "score": "implicit"}) for k in (1, 2, 4, 8, 16)]
     out += [Decoder(f"beam-lik-{k}", "beam-lik", k, {"method": "beam", "beam": k, "score": "likelihood"})
             for k in (1, 2, 4, 8, 16)]
-    out += [Decoder(f"cbs-{w},{k},{c}", "cbs", w * k, {"method": "cbs", "cbs": (w, k, c)})
+    out += [Decoder(f"cbs-{w},{k},{c}", "cbs", w * k, {"method": "cbs", "cbs": (w, k, c), "score": "implicit"})
             for w, k, c in ((2, 2, 4), (4, 4, 4))]
-    out += [Decoder(f"mcts-{s}", "mcts", s, {"method": "mcts", "simulations": s}) for s in (8, 32, 128)]
+    out += [Decoder(f"mcts-{s}", "mcts", s, {"method": "mcts", "simulations": s, "score": "implicit"}) for s in (8, 32, 128)]
     out += [Decoder(f"mcts-lik-{s}", "mcts-lik", s, {"method": "mcts", "simulations": s, "score": "likelihood"})
             for s in (8, 32, 128)]
     return out

@@ -33,8 +33,8 @@ class SearchConfig:
     bon: int = _f(4, "N of best-of-N")
     beam: int = _f(4, "K of beam search")
     cbs: tuple[int, int, int] = _f((2, 2, 8), "W,K,L of chunk-level beam search")
-    score: str = _f("implicit", "search score: implicit = Σ β·log π/π_ref, likelihood = Σ β·log π (Eq. 13)",
-                    SCORES)
+    score: str = _f("likelihood", "search score: likelihood = Σ β·log π (the paper's Eq. 13; default), implicit "
+                    "= Σ β·log π/π_ref (over-optimises on small models: see benchmarks/RESULTS.md)", SCORES)
     beta: float = _f(0.1, "β of the implicit reward r = β·(log π − log π_ref)")
     max_new_tokens: int = _f(64, "generated tokens per prompt at most (EOS included)")
     temperature: float = _f(1.0, "sampling temperature (--sample, --bon, --cbs)")
