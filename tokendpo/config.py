@@ -97,6 +97,8 @@ class TrainConfig:
     nan_policy: str = _f("stop", "on NaN/inf loss or gradients: stop (keep last good checkpoint) or skip the step",
                          ("stop", "skip"))
     device: str = _f("auto", "cpu, cuda, or auto")
+    num_threads: int = _f(0, "torch intra-op CPU threads (0 = torch's default; 1 is fastest on a CPU shared with "
+                             "other jobs)")
     parallel: str = _f("ddp", "under torchrun: DDP replicas or FSDP2 (fully_shard) sharding", ("ddp", "fsdp"))
     progress: bool = _f(True, "show a tqdm progress bar")
 

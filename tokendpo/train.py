@@ -162,10 +162,11 @@ class MetricsLog:
 
 
 def _resume_config(cfg: Config, cli_values: dict | None) -> tuple[Config, Path]:
-    """Resume: the config comes from the checkpoint; only max_steps and output_dir may differ."""
+    """Resume: the config comes from the checkpoint; only max_steps and output_dir (and the runtime-only
+    progress / num_threads) may differ."""
     ckpt = resolve_resume(cfg.train.resume_from, cfg.train.output_dir)
     saved = config_mod.from_yaml_file(ckpt / "train_config.yaml")
-    allowed = {"max_steps", "output_dir", "resume_from", "progress"}
+    allowed = {"max_steps", "output_dir", "resume_from", "progress", "num_threads"}
     differing = [k for k, (comp, _f, _t) in config_mod.key_index().items()
                  if k not in allowed and getattr(getattr(saved, comp), k) != getattr(getattr(cfg, comp), k)
                  and (cli_values is None or k in cli_values)]
@@ -177,6 +178,7 @@ def _resume_config(cfg: Config, cli_values: dict | None) -> tuple[Config, Path]:
     saved.train.output_dir = cfg.train.output_dir
     saved.train.resume_from = cfg.train.resume_from
     saved.train.progress = cfg.train.progress
+    saved.train.num_threads = cfg.train.num_threads
     _keep_global_batch(saved, ckpt)
     return saved, ckpt
 
@@ -206,6 +208,10 @@ def train(cfg: Config, *, cli_values: dict | None = None) -> dict[str, float]:
         cfg, ckpt = _resume_config(cfg, cli_values)
     if not cfg.data.dataset:
         raise config_mod.ConfigError("--dataset is required (or use --task NAME for a built-in task)")
+    if cfg.train.num_threads < 0:
+        raise config_mod.ConfigError(f"--num_threads must be >= 0, got {cfg.train.num_threads}")
+    if cfg.train.num_threads:
+        torch.set_num_threads(cfg.train.num_threads)
     d, device = distributed.init(cfg.train.device)
     if d.enabled and cfg.train.parallel == "fsdp" and cfg.model.lora_r > 0:
         raise config_mod.ConfigError("--parallel fsdp with --lora_r is not supported; use --parallel ddp for LoRA")

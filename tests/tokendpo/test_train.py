@@ -10,7 +10,7 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM
 
-from tokendpo.config import Config
+from tokendpo.config import Config, ConfigError
 from tokendpo.data import collate_pairs, load_preference_data
 from tokendpo.logps import sequence_logps
 from tokendpo.modeling import load_model, load_tokenizer
@@ -182,3 +182,15 @@ def test_cli_writes_everything_and_errors_cleanly(tiny_model_dir, pairs_file, tm
     bad = subprocess.run(env_cmd + ["--bta", "0.1"], capture_output=True, text=True)
     assert bad.returncode == 2
     assert "did you mean --beta" in bad.stderr and "Traceback" not in bad.stderr
+
+
+def test_num_threads_sets_torch_threads_and_rejects_negatives(tiny_model_dir, pairs_file, tmp_path):
+    before = torch.get_num_threads()
+    want = 1 if before != 1 else 2
+    try:
+        train(make_cfg(tiny_model_dir, pairs_file, tmp_path / "a", max_steps=1, num_threads=want))
+        assert torch.get_num_threads() == want
+    finally:
+        torch.set_num_threads(before)
+    with pytest.raises(ConfigError, match="num_threads"):
+        train(make_cfg(tiny_model_dir, pairs_file, tmp_path / "b", max_steps=1, num_threads=-1))
