@@ -55,6 +55,8 @@ class DataConfig:
     skip_bad_rows: bool = _f(False, "skip malformed rows (counted and reported) instead of stopping with an error")
     chat_template: bool = _f(False, "render plain-string prompts with the tokenizer's chat template")
     packing: bool = _f(False, "padding-free: concatenate a micro-batch's sequences into one row with position ids")
+    share_prompt: bool = _f(False, "run each prompt once for its chosen and rejected responses (KV cache shared "
+                                   "by both; exact up to fp32 rounding)")
 
 
 @dataclass

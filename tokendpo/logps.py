@@ -54,6 +54,57 @@ def final_hidden(model: torch.nn.Module, input_ids: torch.Tensor, attention_mask
     return out.last_hidden_state
 
 
+def shared_prompt_hidden(model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+    """final_hidden of a `collate_pairs(..., share_prompt=True)` batch, running each prompt ONCE.
+
+    Rows i and B+i hold the same prompt (B = len(prompt_lengths)) followed by the chosen / rejected response.
+    The B prompts (right-padded to P) go through the body with a KV cache; the cache is repeated for the 2B rows
+    and the responses (right-padded to R, position ids continuing from each prompt's true length, the prompt
+    padding masked out) attend to it. Prompt positions are thus computed for B rows instead of 2B — the saving
+    is the prompt's share of the tokens — and gradients flow through the cache into the prompt pass.
+    Returns (2B, T, H) in the batch's own layout, so callers cannot tell it from `final_hidden` (it differs only
+    by fp32 rounding).
+    """
+    ids, am, n_p = batch["input_ids"], batch["attention_mask"], batch["prompt_lengths"]  # (2B, T), (2B, T), (B,)
+    rows, t = ids.shape
+    b, dev = n_p.shape[0], ids.device
+    p = int(n_p.max())
+    prompt_mask = torch.arange(p, device=dev)[None] < n_p[:, None]  # (B, P)
+    prompt_ids = ids[:b, :p].masked_fill(~prompt_mask, 0)  # pads are masked out; any valid id will do
+    inner = body(model)
+    out = inner(input_ids=prompt_ids, attention_mask=prompt_mask.long(), use_cache=True)
+    cache = out.cache
+    if cache is None:
+        raise ValueError("--share_prompt needs the model's KV cache, which this model did not return (gradient "
+                         "checkpointing turns it off)")
+    cache.reorder_cache(torch.arange(rows, device=dev) % b)  # (B, ...) -> (2B, ...): rows i and B+i share prompt i
+    row_np = n_p.repeat(2)  # (2B,)
+    resp_len = am.sum(1) - row_np  # (2B,)
+    r = int(resp_len.max())
+    cols = row_np[:, None] + torch.arange(r, device=dev)[None]  # (2B, R) columns of the responses in the layout
+    resp_mask = cols < (row_np + resp_len)[:, None]
+    resp_ids = ids.gather(1, cols.clamp(max=t - 1)).masked_fill(~resp_mask, 0)
+    full_mask = torch.cat([prompt_mask.repeat(2, 1), resp_mask], 1).long()  # (2B, P + R): cache + new tokens
+    h_resp = inner(input_ids=resp_ids, attention_mask=full_mask, position_ids=cols, cache=cache,
+                   use_cache=True).last_hidden_state  # (2B, R, H)
+    h_prompt = out.last_hidden_state.repeat(2, 1, 1)  # (2B, P, H)
+    hdim = h_resp.shape[-1]
+    # back into the (2B, T) layout: prompt columns from the prompt pass, response columns from the second pass
+    # (invalid response slots go to a scratch column T that is dropped)
+    index = torch.where(resp_mask, cols, t)[..., None].expand(rows, r, hdim)
+    resp_part = h_resp.new_zeros(rows, t + 1, hdim).scatter(1, index, h_resp)[:, :t]
+    prompt_part = torch.nn.functional.pad(h_prompt, (0, 0, 0, t - p))
+    in_prompt = torch.arange(t, device=dev)[None] < row_np[:, None]  # (2B, T)
+    return torch.where(in_prompt[..., None], prompt_part, resp_part)
+
+
+def batch_hidden(model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+    """(rows, T, H) final hidden states of a collated batch: the shared-prompt pass when the batch asks for it."""
+    if batch.get("prompt_lengths") is not None:
+        return shared_prompt_hidden(model, batch)
+    return final_hidden(model, batch["input_ids"], batch["attention_mask"], batch.get("position_ids"))
+
+
 def sequence_logps(model: torch.nn.Module, batch: dict[str, torch.Tensor], *, kernel: str = "auto",
                    keep_hidden: bool = False, reference=None) -> SequenceLogps:
     """Per-token and per-sequence log-probs of the labelled (response) tokens of `batch`.
@@ -64,7 +115,7 @@ def sequence_logps(model: torch.nn.Module, batch: dict[str, torch.Tensor], *, ke
     reference: optional callable mask -> (ref_hidden (N, H_ref), ref_weight, ref_bias); when given, the same
     fused pass also returns TDPO's sequential KL Σ_t KL(π_ref ‖ π) per sequence.
     """
-    hidden = final_hidden(model, batch["input_ids"], batch["attention_mask"], batch.get("position_ids"))
+    hidden = batch_hidden(model, batch)
     targets = batch["labels"][:, 1:]  # (R, T-1)
     mask = targets != -100
     h = hidden[:, :-1][mask]  # (N, H): only response positions reach the LM head

@@ -20,7 +20,7 @@ from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 
 from tokendpo.data import TokenizedPair, collate_pairs
-from tokendpo.logps import final_hidden, lm_head, sequence_logps
+from tokendpo.logps import batch_hidden, lm_head, sequence_logps
 
 
 class Reference:
@@ -53,7 +53,7 @@ class Reference:
                 raise ValueError("reference cache has no hidden states; rebuild it with a tdpo loss_type")
             return self._cached(indices, "hidden", flat=True).to(batch["input_ids"].device)
         with self._ctx():
-            h = final_hidden(self.model, batch["input_ids"], batch["attention_mask"], batch.get("position_ids"))
+            h = batch_hidden(self.model, batch)
         return h[:, :-1][batch["labels"][:, 1:] != -100]
 
     def lm_head(self) -> tuple[torch.Tensor, torch.Tensor | None]:

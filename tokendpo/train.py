@@ -90,7 +90,8 @@ def pair_forward(policy: torch.nn.Module, ref: Reference, pairs, indices, tokeni
     """Loss and metrics of one micro-batch: chosen and rejected in one concatenated forward per model.
 
     policy: a PolicyLogps module (possibly DDP/FSDP-wrapped) returning SequenceLogps for a batch."""
-    collated = collate_packed(pairs) if cfg.data.packing else collate_pairs(pairs, tokenizer.pad_token_id)
+    collated = collate_packed(pairs) if cfg.data.packing else \
+        collate_pairs(pairs, tokenizer.pad_token_id, share_prompt=cfg.data.share_prompt)
     batch = {k: v.to(device) if v is not None else None for k, v in collated.items()}
     b = len(pairs)
     tdpo = cfg.loss.loss_type in ("tdpo1", "tdpo2")
@@ -208,6 +209,8 @@ def train(cfg: Config, *, cli_values: dict | None = None) -> dict[str, float]:
         cfg, ckpt = _resume_config(cfg, cli_values)
     if not cfg.data.dataset:
         raise config_mod.ConfigError("--dataset is required (or use --task NAME for a built-in task)")
+    if cfg.data.share_prompt and (cfg.data.packing or cfg.model.gradient_checkpointing):
+        raise config_mod.ConfigError("--share_prompt cannot be combined with --packing or --gradient_checkpointing")
     if cfg.train.num_threads < 0:
         raise config_mod.ConfigError(f"--num_threads must be >= 0, got {cfg.train.num_threads}")
     if cfg.train.num_threads:

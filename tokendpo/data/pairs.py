@@ -221,11 +221,12 @@ def load_preference_data(cfg, tokenizer, *, seed: int = 0
     return train, evals, stats
 
 
-def collate_pairs(pairs: list[TokenizedPair], pad_token_id: int) -> dict[str, torch.Tensor]:
+def collate_pairs(pairs: list[TokenizedPair], pad_token_id: int, share_prompt: bool = False) -> dict[str, torch.Tensor]:
     """Batch B pairs as 2B right-padded rows: 0..B-1 = prompt + chosen, B..2B-1 = prompt + rejected.
 
     labels are aligned with input_ids (the model shifts): -100 on prompt and padding, the token id on response
-    positions (EOS included).
+    positions (EOS included). share_prompt: also return prompt_lengths (B,), which makes `tokendpo.logps` run
+    each prompt once for both rows (`shared_prompt_hidden`); left out when some prompt is empty.
     """
     if not pairs:
         raise ValueError("collate_pairs: empty batch")
@@ -241,7 +242,10 @@ def collate_pairs(pairs: list[TokenizedPair], pad_token_id: int) -> dict[str, to
         input_ids[i, :n] = torch.tensor(prompt + resp, dtype=torch.long)
         attention_mask[i, :n] = 1
         labels[i, n_p:n] = torch.tensor(resp, dtype=torch.long)
-    return {"input_ids": input_ids, "attention_mask": attention_mask, "labels": labels}
+    out = {"input_ids": input_ids, "attention_mask": attention_mask, "labels": labels}
+    if share_prompt and all(p.prompt_ids for p in pairs):
+        out["prompt_lengths"] = torch.tensor([len(p.prompt_ids) for p in pairs], dtype=torch.long)
+    return out
 
 
 def collate_packed(pairs: list[TokenizedPair]) -> dict[str, torch.Tensor]:
