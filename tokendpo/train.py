@@ -433,8 +433,12 @@ def main(argv: list[str] | None = None) -> int:
         if cfg.task.task or not argv:
             from tokendpo.tasks.pipeline import run_pipeline
 
-            output_dir = cfg.train.output_dir if "output_dir" in cli_values else "outputs/default"
-            run_pipeline(cfg.task.task or "sentiment", output_dir, seed=cfg.train.seed, progress=cfg.train.progress)
+            task = cfg.task.task or "sentiment"
+            # the default task's run is outputs/default (the contract); another task gets its own dir, so running
+            # both never collides in one pipeline dir
+            default_dir = "outputs/default" if task == "sentiment" else f"outputs/{task}"
+            output_dir = cfg.train.output_dir if "output_dir" in cli_values else default_dir
+            run_pipeline(task, output_dir, seed=cfg.train.seed, progress=cfg.train.progress)
             return 0
         result = train(cfg, cli_values=cli_values)
     except (config_mod.ConfigError, ValueError, FileNotFoundError, OSError, NonFiniteError) as e:

@@ -59,12 +59,13 @@ class ArithmeticTask(Task):
 
     name = "arithmetic"
     shape = ModelShape(hidden_size=96, num_hidden_layers=3, num_attention_heads=4, intermediate_size=384)
-    # Measured: SFT 400 steps (seed 0) leaves carries wrong (gold 0.36), DPO could not improve it; SFT 1200
-    # solves the task (0.996: 99 % of sampled pairs tie, nothing to learn); SFT 700 is in between (0.486). On it,
-    # plain DPO lost gold (-> 0.339: chosen log-probs fell and samples spread); with the RPO term on the chosen
-    # response DPO gains (-> 0.610, win 0.553, KL 0.23).
-    recipe = Recipe(sft_examples=40000, sft_steps=700, sft_batch_size=128, sft_lr=3e-3, pair_prompts=1024, k=4,
-                    label_temperature=0.05, beta=0.1, rpo_alpha=1.0, dpo_steps=200, dpo_batch_size=16, dpo_lr=2e-4,
+    # Why noisy demonstrations: on a clean corpus the SFT model's competence is a knife edge — 400 steps leave
+    # carries wrong (gold 0.36), 1200 solve the task (0.996: nothing left to prefer), and 700 gave 0.486 at one
+    # thread count and 0.081 at another (same seed). With 30 % of demonstrations carrying one wrong digit, SFT
+    # converges to a model that makes such errors at a stable rate, and the errors sit on single tokens.
+    sft_error_rate = 0.3
+    recipe = Recipe(sft_examples=40000, sft_steps=1200, sft_batch_size=128, sft_lr=3e-3, pair_prompts=2048, k=8,
+                    label_temperature=0.05, beta=0.1, rpo_alpha=1.0, dpo_steps=1000, dpo_batch_size=16, dpo_lr=4e-4,
                     max_new_tokens=6)
     heldout_every = 5
     join_tokens = True
@@ -73,7 +74,13 @@ class ArithmeticTask(Task):
         return f"{rng.randint(0, MAX_OPERAND)}+{rng.randint(0, MAX_OPERAND)}="
 
     def _random_response(self, prompt: str, rng: random.Random) -> str:
-        return answer(prompt)
+        """The SFT corpus's answer: right, except that a share `sft_error_rate` of answers has ONE digit (at a
+        uniformly drawn place) replaced by another digit — the imperfect demonstrations DPO then corrects."""
+        right = answer(prompt)
+        if rng.random() >= self.sft_error_rate:
+            return right
+        i = rng.randrange(len(right))
+        return right[:i] + rng.choice([d for d in "0123456789" if d != right[i]]) + right[i + 1:]
 
     def is_valid(self, prompt: str, response: str) -> bool:
         return response.replace(" ", "").isdigit()

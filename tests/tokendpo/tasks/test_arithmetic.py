@@ -32,10 +32,18 @@ def test_carry_into_a_new_digit():
     assert answer("0+0=") == "0" and answer("5+4=") == "9"
 
 
-def test_corpus_answers_are_right():
-    for p, r in get_task("arithmetic").corpus(100, seed=0):
-        a, b = (int(x) for x in p.rstrip("=").split("+"))
-        assert int(r[::-1]) == a + b
+def test_corpus_answers_are_right_or_have_one_wrong_digit():
+    task = get_task("arithmetic")
+    corpus = task.corpus(4000, seed=3)
+    wrong = 0
+    for p, r in corpus:
+        right = answer(p)
+        assert len(r) == len(right) and r.isdigit()
+        diff = sum(x != y for x, y in zip(r, right))
+        assert diff <= 1, (p, r)
+        wrong += diff
+    # binomial(4000, 0.3): sd 29, so ±145 is 5 sd
+    assert abs(wrong - task.sft_error_rate * len(corpus)) < 145
 
 
 def test_bad_prompt_is_a_clear_error():
