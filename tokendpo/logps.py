@@ -8,6 +8,7 @@ targets of hidden[:, :-1].
 
 from __future__ import annotations
 
+import inspect
 from dataclasses import dataclass
 
 import torch
@@ -73,7 +74,7 @@ def shared_prompt_hidden(model: torch.nn.Module, batch: dict[str, torch.Tensor])
     prompt_ids = ids[:b, :p].masked_fill(~prompt_mask, 0)  # pads are masked out; any valid id will do
     inner = body(model)
     out = inner(input_ids=prompt_ids, attention_mask=prompt_mask.long(), use_cache=True)
-    cache = out.cache
+    cache = getattr(out, "cache", None) or getattr(out, "past_key_values", None)  # transformers 5.x / 4.x name
     if cache is None:
         raise ValueError("--share_prompt needs the model's KV cache, which this model did not return (gradient "
                          "checkpointing turns it off)")
@@ -85,8 +86,9 @@ def shared_prompt_hidden(model: torch.nn.Module, batch: dict[str, torch.Tensor])
     resp_mask = cols < (row_np + resp_len)[:, None]
     resp_ids = ids.gather(1, cols.clamp(max=t - 1)).masked_fill(~resp_mask, 0)
     full_mask = torch.cat([prompt_mask.repeat(2, 1), resp_mask], 1).long()  # (2B, P + R): cache + new tokens
-    h_resp = inner(input_ids=resp_ids, attention_mask=full_mask, position_ids=cols, cache=cache,
-                   use_cache=True).last_hidden_state  # (2B, R, H)
+    cache_kw = "cache" if "cache" in inspect.signature(inner.forward).parameters else "past_key_values"
+    h_resp = inner(input_ids=resp_ids, attention_mask=full_mask, position_ids=cols, use_cache=True,
+                   **{cache_kw: cache}).last_hidden_state  # (2B, R, H)
     h_prompt = out.last_hidden_state.repeat(2, 1, 1)  # (2B, P, H)
     hdim = h_resp.shape[-1]
     # back into the (2B, T) layout: prompt columns from the prompt pass, response columns from the second pass
