@@ -65,13 +65,15 @@ def test_empty_prompt_falls_back_to_the_padded_pass(model):
     assert "prompt_lengths" not in collate_pairs(pairs, pad_token_id=0, share_prompt=True)
 
 
-def test_training_with_share_prompt_matches(tiny_model_dir, tmp_path):
+@pytest.mark.parametrize("lora_r", [0, 4])
+def test_training_with_share_prompt_matches(tiny_model_dir, tmp_path, lora_r):
+    """Whole runs (train + eval steps), full fine-tuning and LoRA (reference = adapter disabled)."""
     data = write_pairs(tmp_path / "pairs.jsonl", n=24, seed=5)
     runs = {}
     for share in (False, True):
         out = tmp_path / f"share{share}"
         train(make_cfg(tiny_model_dir, data, out, max_steps=4, share_prompt=share, eval_steps=2,
-                       eval_dataset=str(data)))
+                       eval_dataset=str(data), lora_r=lora_r))
         runs[share] = read_metrics(out)
     for a, b in zip(runs[False], runs[True]):
         assert a.keys() == b.keys()
