@@ -32,7 +32,8 @@ import sys
 import time
 from pathlib import Path
 
-from benchmarks.real_hh import HH_FILE, REPO, bootstrap_interval, read_lines, run_step, train_summary, wilson_interval
+from benchmarks.real_hh import (HH_FILE, REPO, Run, bootstrap_interval, read_lines, run_step, train_summary,
+                               wilson_interval)
 
 
 def first_human_turns(path: Path, max_chars: int) -> list[str]:
@@ -136,6 +137,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--decode_batch", type=int, default=16)
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--resume", action="store_true",
+                    help="reuse the pairs and the DPO model a previous run of the same --out finished")
     args = ap.parse_args(argv)
     if args.quick:
         for k, v in QUICK.items():
@@ -167,14 +170,22 @@ def main(argv: list[str] | None = None) -> int:
     tokenizer = load_tokenizer(args.model)
     base = load_model(args.model).eval()
 
-    # ---- pairs from the base model, labelled by VADER
-    texts = [p for p in train for _ in range(args.samples)]
-    samples, t_pairs = decode("sample", base, base, tokenizer, texts, args)
-    pairs, pair_stats = make_pairs(train, samples, args.samples)
-    pair_stats["wall_s"] = t_pairs
-    with (out / "pairs.jsonl").open("w") as f:
-        f.writelines(json.dumps(p) + "\n" for p in pairs)
-    print(f"pairs: {json.dumps(pair_stats)}", flush=True)
+    # ---- pairs from the base model, labelled by VADER (reused when a previous run of the same --out wrote them)
+    stats_path = out / "pairs_stats.json"
+    if args.resume and stats_path.is_file() and (out / "pairs.jsonl").is_file():
+        pair_stats = json.loads(stats_path.read_text())
+        pairs = [json.loads(line) for line in (out / "pairs.jsonl").read_text().splitlines() if line.strip()]
+        t_pairs = pair_stats["wall_s"]
+        print(f"pairs (reused): {json.dumps(pair_stats)}", flush=True)
+    else:
+        texts = [p for p in train for _ in range(args.samples)]
+        samples, t_pairs = decode("sample", base, base, tokenizer, texts, args)
+        pairs, pair_stats = make_pairs(train, samples, args.samples)
+        pair_stats["wall_s"] = t_pairs
+        with (out / "pairs.jsonl").open("w") as f:
+            f.writelines(json.dumps(p) + "\n" for p in pairs)
+        stats_path.write_text(json.dumps(pair_stats))
+        print(f"pairs: {json.dumps(pair_stats)}", flush=True)
     if len(pairs) < 2:
         raise SystemExit("fewer than 2 usable pairs; raise --train_prompts or --samples")
 
@@ -187,7 +198,13 @@ def main(argv: list[str] | None = None) -> int:
         "--per_device_train_batch_size", str(args.batch_size), "--gradient_accumulation_steps", str(args.grad_accum),
         "--num_epochs", str(args.epochs), "--logging_steps", "1", "--seed", str(args.seed), "--progress", "false",
     ]
-    train_run = run_step("train", train_args, out / "train.log", args.threads)
+    done = out / "dpo" / "train_run.json"
+    if args.resume and done.is_file() and (out / "dpo" / "model.safetensors").is_file():
+        train_run = Run(**json.loads(done.read_text()))
+        print("DPO (reused)", flush=True)
+    else:
+        train_run = run_step("train", train_args, out / "train.log", args.threads)
+        done.write_text(json.dumps(dataclasses.asdict(train_run)))
     tr = train_summary(out / "dpo" / "metrics.jsonl")
 
     # ---- decode held-out prompts
