@@ -133,7 +133,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--beam_score", default="likelihood", choices=("likelihood", "implicit"),
                     help="likelihood = Σ β·log π_DPO (the paper's likelihood search, Eq. 13)")
     ap.add_argument("--simulations", type=int, default=8, help="MCTS simulations per committed token")
-    ap.add_argument("--mcts_prompts", type=int, default=32, help="held-out prompts decoded with MCTS (the slowest)")
+    ap.add_argument("--mcts_prompts", type=int, default=4,
+                    help="held-out prompts decoded with MCTS. Every expanded node keeps the KV caches (policy + "
+                         "reference) of its whole prefix, so on this 30-layer model 32 prompts passed 23 GiB of RSS")
     ap.add_argument("--decode_batch", type=int, default=16)
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--seed", type=int, default=0)
