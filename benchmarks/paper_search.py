@@ -335,7 +335,7 @@ def plots(rows: list[dict], out: Path) -> list[Path]:
     plt.close(fig)
 
     fams = sorted({r["family"] for r in rows})
-    markers = dict(zip(fams, "os^vD*Px"))
+    markers = {fam: "os^vD*PxXh"[k % 10] for k, fam in enumerate(fams)}  # any number of families
     fig, axes = plt.subplots(len(tasks), len(pol) or 1, figsize=(4.5 * max(1, len(pol)), 4 * len(tasks)),
                              squeeze=False)
     for i, task in enumerate(tasks):
