@@ -69,7 +69,7 @@ def run(task_name: str, output_dir: Path, *, every: int, n_samples: int, seed: i
         shutil.rmtree(dpo_dir)
     cfg = dpo_config(s, base / "sft", base / "pairs.jsonl", base / "pairs_eval.jsonl", dpo_dir)
     cfg.train.save_steps = every
-    from tokendpo.train import train
+    from tokendpo.training import train
 
     t0 = time.perf_counter()
     train(cfg)

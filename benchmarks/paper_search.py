@@ -90,7 +90,7 @@ def train_policies(task: str, out: Path, *, betas: tuple[float, ...], seed: int,
                    overrides: dict, progress: bool) -> tuple[Path, dict[float, dict[str, Path]], PipelineSettings]:
     """SFT + pairs once per task (the pipeline's own stages), then one DPO run per β with an early checkpoint.
     Returns (sft_dir, {β: {"early": dir, "final": dir}}, settings)."""
-    from tokendpo.train import train
+    from tokendpo.training import train
 
     base = out / task
     run_pipeline(task, str(base), seed=seed, quick=quick, stages=("sft", "pairs"), progress=progress,

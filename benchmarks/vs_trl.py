@@ -119,7 +119,7 @@ def worker_tokendpo(spec: dict) -> dict:
     import torch
 
     from tokendpo import config as config_mod
-    from tokendpo.train import train
+    from tokendpo.training import train
 
     torch.set_num_threads(spec["threads"])
     cfg = config_mod.from_yaml_file(spec["config"])
@@ -250,7 +250,7 @@ def prepare(model: str, work: Path, setup: dict) -> dict:
     from tokendpo.config import Config
     from tokendpo.data import load_preference_data
     from tokendpo.modeling import load_tokenizer
-    from tokendpo.train import micro_batch
+    from tokendpo.training import micro_batch
 
     model_dir = build_model(model, work / model)
     tokenizer = load_tokenizer(str(model_dir))

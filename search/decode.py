@@ -25,6 +25,7 @@ from search.config import SearchConfig
 from search.mcts import mcts
 from search.sampling import best_of_n, greedy, sample
 from search.scorer import Decoded, PairScorer
+from tokendpo.device import pick_device
 
 METHOD_FLAGS = {  # flag → (method, config field it sets)
     "--sample": ("sample", None), "--greedy": ("greedy", None), "--bon": ("bon", "bon"),
@@ -151,12 +152,6 @@ def decode_batch(scorer: PairScorer, prompts: list[list[int]], cfg: SearchConfig
                     rollout_len=cfg.rollout_len, reuse_cache=cfg.reuse_cache, score=cfg.score,
                     leaf_batch=cfg.leaf_batch, length_penalty=cfg.length_penalty, **common)
     raise ValueError(f"unknown method {cfg.method!r}")
-
-
-def pick_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
 
 
 def load_pair(cfg: SearchConfig, device: torch.device):

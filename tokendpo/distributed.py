@@ -17,6 +17,8 @@ import torch.distributed as dist
 from torch.distributed.checkpoint.state_dict import (StateDictOptions, get_model_state_dict,
                                                      get_optimizer_state_dict, set_optimizer_state_dict)
 
+from tokendpo.device import pick_device
+
 
 @dataclass(frozen=True)
 class Dist:
@@ -37,8 +39,6 @@ def init(device_name: str) -> tuple[Dist, torch.device]:
     """Join the process group torchrun describes (WORLD_SIZE > 1); one process otherwise."""
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if world <= 1:
-        from tokendpo.train import pick_device
-
         return Dist(), pick_device(device_name)
     rank, local = int(os.environ["RANK"]), int(os.environ.get("LOCAL_RANK", "0"))
     use_cuda = torch.cuda.is_available() and device_name in ("auto", "cuda")

@@ -36,6 +36,7 @@ import torch
 from tqdm.auto import tqdm
 from transformers import AutoModelForCausalLM
 
+from tokendpo.config import Config
 from tokendpo.modeling import load_model, load_tokenizer
 from tokendpo.sft import SFTConfig, sft
 from tokendpo.tasks import DEFAULT_TASK, TASKS, get_task
@@ -43,6 +44,7 @@ from tokendpo.tasks.base import Task
 from tokendpo.tasks.evaluate import evaluate_policies, print_table
 from tokendpo.tasks.metrics import bradley_terry_label
 from tokendpo.tasks.sampling import sample
+from tokendpo.training import train
 
 STAGES = ("sft", "pairs", "dpo", "eval")
 COMPLETE = ".complete"
@@ -176,7 +178,6 @@ def stage_pairs(task: Task, s: PipelineSettings, sft_dir: Path, pairs_path: Path
 def dpo_config(s: PipelineSettings, sft_dir: Path, pairs_path: Path, eval_pairs_path: Path, out_dir: Path, *,
                progress: bool = True):
     """The core loop's Config for the pipeline's DPO stage: the SFT model is the start and the frozen reference."""
-    from tokendpo.config import Config
 
     cfg = Config()
     cfg.model.model = str(sft_dir)
@@ -205,7 +206,6 @@ def dpo_config(s: PipelineSettings, sft_dir: Path, pairs_path: Path, eval_pairs_
 def stage_dpo(s: PipelineSettings, sft_dir: Path, pairs_path: Path, eval_pairs_path: Path, out_dir: Path, *,
               progress: bool = True) -> dict:
     """DPO with the core training loop (`tokendpo.train.train`)."""
-    from tokendpo.train import train
 
     if _complete(out_dir):
         return {"skipped": True}
