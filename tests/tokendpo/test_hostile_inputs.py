@@ -7,7 +7,6 @@ field are written here by hand, not computed by the code under test.
 
 import gzip
 import json
-import time
 from pathlib import Path
 
 import pytest
@@ -195,11 +194,9 @@ def test_one_megabyte_texts_are_truncated_fast(tmp_path, tok):
     path = write_lines(tmp_path / "big.jsonl", lines)
     L, P = 256, 128
     rec = RecordingTokenizer(tok)
-    t0 = time.perf_counter()
     pairs, _, stats = load_preference_data(DataConfig(dataset=str(path), max_length=L, max_prompt_length=P), rec)
-    elapsed = time.perf_counter() - t0
-    assert len(big) > MB and rec.longest < 20 * L  # only a bounded slice of each text reaches the tokenizer
-    assert elapsed < 5.0, f"{elapsed:.2f}s for 2 MB of text"
+    # fast by construction, asserted without a clock: only a bounded slice of each text reaches the tokenizer
+    assert len(big) > MB and rec.longest < 20 * L
     assert stats.prompts_truncated == 1 and stats.responses_truncated == 1 and stats.skipped == 0
     resp, prompt = pairs[1], pairs[2]
     assert len(resp.prompt_ids) + len(resp.chosen_ids) == L and tok.eos_token_id not in resp.chosen_ids
@@ -214,12 +211,12 @@ def test_one_megabyte_texts_are_truncated_fast(tmp_path, tok):
     conv_path.write_text(json.dumps({"prompt": [{"role": "user", "content": big}],
                                      "chosen": [{"role": "assistant", "content": big}],
                                      "rejected": [{"role": "assistant", "content": "no"}]}) + "\n")
-    t0 = time.perf_counter()
+    rec = RecordingTokenizer(tok)
     hh_pairs, _, hh_stats = load_preference_data(DataConfig(dataset=str(hh_path), max_length=L, max_prompt_length=P),
-                                                 tok)
+                                                 rec)
     conv_pairs, _, conv_stats = load_preference_data(DataConfig(dataset=str(conv_path), max_length=L,
-                                                                max_prompt_length=P), tok)
-    assert time.perf_counter() - t0 < 5.0
+                                                                max_prompt_length=P), rec)
+    assert rec.longest < 20 * L
     assert tok.decode(hh_pairs[0].prompt_ids[1:]) == dialog
     # both responses are cut inside the shared megabyte: identical ids, kept but counted
     assert hh_stats.identical_after_truncation == 1 and hh_stats.responses_truncated == 2
