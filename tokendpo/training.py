@@ -290,8 +290,9 @@ def train(cfg: Config, *, cli_values: dict | None = None) -> dict[str, float]:
             for k in range(accum):
                 indices = micro_batch(len(train_pairs), state.step, k, cfg, d)
                 pairs = [train_pairs[i] for i in indices]
-                out_k = pair_forward(policy, ref, pairs, indices, tokenizer, cfg, device)
-                (out_k["loss"] / accum).backward()
+                with distributed.grad_sync(policy, sync=k == accum - 1):  # DDP: one all-reduce per optimizer step
+                    out_k = pair_forward(policy, ref, pairs, indices, tokenizer, cfg, device)
+                    (out_k["loss"] / accum).backward()
                 tokens += sum(2 * len(p.prompt_ids) + len(p.chosen_ids) + len(p.rejected_ids) for p in pairs)
                 for key, v in out_k.items():
                     step_metrics[key] = step_metrics.get(key, 0.0) + float(v.detach()) / accum
@@ -339,6 +340,9 @@ def train(cfg: Config, *, cli_values: dict | None = None) -> dict[str, float]:
                     say(f"signal {stop_signal[0] if stop_signal else 'SIGTERM'}: saved checkpoint-{state.step} in "
                         f"{out}; exiting")
                 raise SystemExit(128 + (stop_signal[0] if stop_signal else signal.SIGTERM))
+    except BaseException:
+        distributed.shutdown(d)  # an error, a NaN stop or a signal: release the process group on the way out
+        raise
     finally:
         bar.close()
         for s, h in handlers.items():
@@ -353,6 +357,7 @@ def train(cfg: Config, *, cli_values: dict | None = None) -> dict[str, float]:
         save_final_model(model, out, weights, adapter_only=cfg.model.save_adapter_only)
         tokenizer.save_pretrained(out)
     distributed.barrier(d)
+    distributed.shutdown(d)
     return {**last_train, **final_eval}
 
 
