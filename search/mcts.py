@@ -1,4 +1,4 @@
-"""Monte-Carlo tree search over tokens, backed by the DPO implicit reward, with KV caches shared across branches.
+"""Monte-Carlo tree search over tokens, backed by the DPO implicit reward, with node-local KV caches.
 
 A node is a prefix s (prompt + committed tokens + the path to it). Its children are the policy's top-k next
 tokens a, each with
@@ -16,33 +16,42 @@ One simulation: from the root, descend by PUCT (AlphaZero)
     a* = argmax_a  Q(s, a) + c_puct · P(s, a) · √N(s) / (1 + N(s, a))
 
 until a node that was never evaluated or is terminal (EOS, or the last allowed token). Evaluating the leaf
-runs one position through both models — the leaf's token on its parent's cache — which yields its children.
-The leaf value v is 0, or the summed reward of a greedy policy rollout of `rollout_len` tokens. Back-up:
-G ← v at the leaf, then for each node on the path from the leaf up, N += 1, W += G, G ← r(edge into it) + G.
-The root's own evaluation counts as its first visit, as a leaf's does.
+runs one position through both models — the leaf's token attending over its path's cached K/V — which yields
+its children. The leaf value v is 0, or the summed reward of a greedy policy rollout of `rollout_len` tokens.
+Back-up: G ← v at the leaf, then for each node on the path from the leaf up, N += 1, W += G,
+G ← r(edge into it) + G. The root's own evaluation counts as its first visit, as a leaf's does.
 
 With `leaf_batch` > 1, several simulations of one tree run together: their paths are chosen one after another
 with virtual visits (see `simulate`) and their new leaves evaluated in one batch.
 
 After `simulations` simulations the most-visited root child (ties: higher Q, then higher prior) is
-committed; it becomes the root and keeps its subtree, statistics and caches. Simulations are batched across
-prompts — one simulation of every prompt's tree per batched forward — which leaves each tree's search exactly
-what it would be alone.
+committed; it becomes the root and keeps its subtree and statistics; its siblings' subtrees are dropped.
+Simulations are batched across prompts — the new leaves of every tree go through the policy in one forward and
+the reference in one forward — which leaves each tree's search exactly what it would be alone.
 
-`reuse_cache=False` is the baseline of the benchmark: the same search, but every evaluation and rollout step
-re-encodes the node's whole prefix through both models with no cache.
+Memory (node-local KV, `search.kvpool`): the prompt's K/V is written once per tree into a shared slot pool; an
+evaluated node owns one slot, its own token's K/V in every layer of both models; a committed token's slot is
+shared by everything below it. A leaf's evaluation gathers its path's slots (prompt, committed, path) inside
+the forward. After expansion a node keeps only scalars (its children's priors, rewards and log-probs), never a
+V-sized row; dropping a subtree at a commit frees its slots; a rollout's slots are freed when it ends. So memory
+grows with the live nodes, not with nodes × prefix length.
+
+`reuse_cache=False` is the baseline of the benchmark and the oracle of the tests: the same search, but every
+evaluation and rollout step re-encodes the node's whole prefix through both models with no cache.
 """
 
 from __future__ import annotations
 
 import math
+import os
 from dataclasses import dataclass, field
 
 import torch
 
 from kernels.rewards import implicit_reward
 from search.guards import ban_repeats
-from search.scorer import Decoded, ForwardCounter, PairScorer, PairState
+from search.kvpool import KVPool, SearchMemoryError, path_index
+from search.scorer import Decoded, ForwardCounter, PairScorer
 
 
 @dataclass(eq=False)
@@ -57,7 +66,7 @@ class Node:
     visits: int = 0
     value_sum: float = 0.0  # W: Σ returns from this node's state onwards
     children: list[Node] | None = None  # None until evaluated
-    state: PairState | None = field(default=None, repr=False)  # one row; no caches when re-encoding
+    slot: int = -1  # KV-pool slot of this token's K/V once evaluated (cached search); −1 otherwise
 
     @property
     def value(self) -> float:
@@ -76,12 +85,17 @@ class Tree:
     committed: list[Node] = field(default_factory=list)
     done: bool = False
     simulations: int = 0  # simulations run since the last commit
+    base_slots: list[int] = field(default_factory=list)  # KV slots of the prompt + committed tokens
 
     def prefix(self, path: list[Node]) -> list[int]:
         return self.prompt + [n.token for n in self.committed] + [n.token for n in path[1:]]
 
     def history(self, path: list[Node]) -> list[int]:
         return [n.token for n in self.committed] + [n.token for n in path[1:]]
+
+    def slots(self, path: list[Node]) -> list[int]:
+        """KV slots of the prefix `path` ends at (path[0] is the root)."""
+        return self.base_slots + [n.slot for n in path[1:]]
 
 
 @dataclass(frozen=True)
@@ -98,32 +112,40 @@ class MCTSParams:
     no_repeat_ngram: int = 0
 
 
-def _edge_rewards(scorer: PairScorer, state: PairState, p: MCTSParams) -> torch.Tensor:
-    """(1, V) search reward of every candidate token at this state."""
-    if p.score == "implicit":
-        r = implicit_reward(state.policy_logps, state.reference_logps, scorer.beta)
-    else:
-        r = scorer.beta * state.policy_logps
+@dataclass
+class Search:
+    """What one decode carries besides the trees: the models, the KV pool, the forward counter."""
+
+    scorer: PairScorer
+    p: MCTSParams
+    counter: ForwardCounter
+    pool: KVPool | None  # None when re-encoding
+
+
+def _edge_rewards(beta: float, lp: torch.Tensor, lr: torch.Tensor, p: MCTSParams) -> torch.Tensor:
+    """(R, V) search reward of every candidate token at R states."""
+    r = implicit_reward(lp, lr, beta) if p.score == "implicit" else beta * lp
     return r - p.length_penalty
 
 
-def expand(scorer: PairScorer, node: Node, state: PairState, history: list[int], p: MCTSParams) -> None:
-    """Attach `state` to `node` and create its children: the policy's top-k finite-probability tokens."""
-    node.state = state
-    lp = ban_repeats(state.policy_logps, [history], p.no_repeat_ngram)[0]  # (V,)
-    top_lp, top_tok = lp.topk(min(p.topk, lp.shape[0]))
-    finite = torch.isfinite(top_lp)
-    top_lp, top_tok = top_lp[finite], top_tok[finite]
-    priors = torch.softmax(top_lp, dim=0)  # renormalised over the top-k
-    rewards = _edge_rewards(scorer, state, p)[0, top_tok]
-    lr = state.reference_logps[0, top_tok]
-    depth = node.depth + 1
-    node.children = [
-        Node(token=t, prior=pr, policy_logp=a, reference_logp=b, reward=rw, depth=depth,
-             terminal=t == p.eos_token_id or depth >= p.max_new_tokens)
-        for t, pr, a, b, rw in zip(top_tok.tolist(), priors.tolist(), top_lp.tolist(), lr.tolist(),
-                                   rewards.tolist())
-    ]
+def expand(beta: float, nodes: list[Node], lp: torch.Tensor, lr: torch.Tensor, histories: list[list[int]],
+           p: MCTSParams) -> None:
+    """Create the children of `nodes` (row i of lp/lr (R, V) is node i's state): the policy's top-k
+    finite-probability tokens. Batched: one top-k, softmax and gather for all rows, one transfer to Python."""
+    banned = ban_repeats(lp, histories, p.no_repeat_ngram)
+    k = min(p.topk, lp.shape[1])
+    top_lp, top_tok = banned.topk(k, dim=-1)  # (R, k)
+    priors = torch.softmax(top_lp, dim=-1)  # renormalised over the top-k (−inf entries get 0)
+    rewards = _edge_rewards(beta, lp, lr, p).gather(1, top_tok)
+    ref = lr.gather(1, top_tok)
+    for node, toks, pr, a, b, rw in zip(nodes, top_tok.tolist(), priors.tolist(), top_lp.tolist(), ref.tolist(),
+                                        rewards.tolist()):
+        depth = node.depth + 1
+        node.children = [
+            Node(token=t, prior=x, policy_logp=la, reference_logp=lb, reward=w, depth=depth,
+                 terminal=t == p.eos_token_id or depth >= p.max_new_tokens)
+            for t, x, la, lb, w in zip(toks, pr, a, b, rw) if la != -math.inf
+        ]
 
 
 def select_path(root: Node, c_puct: float, pending: set[int] | frozenset = frozenset()) -> list[Node] | None:
@@ -154,65 +176,100 @@ def backup(path: list[Node], leaf_value: float) -> None:
     path[0].visits += 1
 
 
-def _advance(scorer: PairScorer, states: list[PairState], prefixes: list[list[int]], tokens: list[int],
-             owner: torch.Tensor, counter: ForwardCounter, reuse_cache: bool) -> list[PairState]:
-    """Append tokens[i] to row i: one cached step of the stacked parents, or a re-encoding of each prefix."""
-    if reuse_cache:
-        stacked = scorer.stack(states)
-        return scorer.split(scorer.step(stacked, torch.tensor(tokens), counter))
-    seqs = [pre + [t] for pre, t in zip(prefixes, tokens)]
-    return scorer.split(scorer.prefill(seqs, counter, owner=owner, keep_cache=False))
+def _evaluate(s: Search, trees: list[Tree], paths: list[list[Node]]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Run each path's last token through both models (one batched forward each): (log π, log π_ref) (R, V)
+    at the leaves. Cached: the leaf attends over its path's pool slots and gets a slot of its own."""
+    owner = torch.tensor([t.index for t in trees])
+    leaves = [path[-1] for path in paths]
+    tokens = torch.tensor([n.token for n in leaves])
+    if s.pool is None:
+        state = s.scorer.prefill([t.prefix(path) for t, path in zip(trees, paths)], s.counter, owner=owner,
+                                 keep_cache=False)
+        return state.policy_logps, state.reference_logps
+    new = s.pool.alloc(len(leaves))
+    for n, slot in zip(leaves, new):
+        n.slot = slot
+    index, mask = path_index([t.slots(path[:-1]) for t, path in zip(trees, paths)], [[x] for x in new],
+                             s.scorer.device)
+    return s.scorer.pool_step(s.pool, index, mask, tokens, s.counter, owner)
 
 
-def _rollout_values(scorer: PairScorer, trees: list[Tree], paths: list[list[Node]], p: MCTSParams,
-                    counter: ForwardCounter) -> list[float]:
-    """Summed search reward of a greedy policy rollout of up to `rollout_len` tokens from each leaf (batched)."""
+def _rollout_values(s: Search, trees: list[Tree], paths: list[list[Node]], lp: torch.Tensor,
+                    lr: torch.Tensor) -> list[float]:
+    """Summed search reward of a greedy policy rollout of up to `rollout_len` tokens from each leaf (batched);
+    lp/lr (R, V) are the leaves' next-token log-probs. The rollout's KV slots are freed when it ends."""
+    p = s.p
     values = [0.0] * len(paths)
-    rows = list(range(len(paths)))  # leaf index of each row of `state`
-    state = scorer.stack([path[-1].state for path in paths])  # (R, ·) one row per leaf
+    rows = list(range(len(paths)))  # leaf index of each live row
     prefixes = [tree.prefix(path) for tree, path in zip(trees, paths)]
+    slots = [tree.slots(path) for tree, path in zip(trees, paths)] if s.pool is not None else None
     hists = [tree.history(path) for tree, path in zip(trees, paths)]
     depth = [path[-1].depth for path in paths]
-    for step in range(p.rollout_len):
-        lp = state.policy_logps
-        if p.no_repeat_ngram:
-            lp = ban_repeats(lp, [hists[r] for r in rows], p.no_repeat_ngram)
-        toks = lp.argmax(-1)  # (R,) greedy rollout policy
-        rewards = _edge_rewards(scorer, state, p).gather(1, toks[:, None])[:, 0].tolist()
-        keep = []
-        for j, (r, t) in enumerate(zip(rows, toks.tolist())):
-            values[r] += rewards[j]
-            hists[r].append(t)
-            prefixes[r] = prefixes[r] + [t]
-            depth[r] += 1
-            if t != p.eos_token_id and depth[r] < p.max_new_tokens and step + 1 < p.rollout_len:
-                keep.append(j)
-        if not keep:
-            break
-        rows = [rows[j] for j in keep]
-        if p.reuse_cache:
-            if len(keep) < state.rows:
-                state = scorer.select(state, torch.tensor(keep))
-            state = scorer.step(state, toks[torch.tensor(keep, device=toks.device)], counter)
-        else:
+    temp: list[int] = []
+    try:
+        for step in range(p.rollout_len):
+            banned = ban_repeats(lp, [hists[r] for r in rows], p.no_repeat_ngram) if p.no_repeat_ngram else lp
+            toks = banned.argmax(-1)  # (R,) greedy rollout policy
+            rewards = _edge_rewards(s.scorer.beta, lp, lr, p).gather(1, toks[:, None])[:, 0].tolist()
+            keep = []
+            for j, (r, t) in enumerate(zip(rows, toks.tolist())):
+                values[r] += rewards[j]
+                hists[r].append(t)
+                prefixes[r].append(t)
+                depth[r] += 1
+                if t != p.eos_token_id and depth[r] < p.max_new_tokens and step + 1 < p.rollout_len:
+                    keep.append(j)
+            if not keep:
+                break
+            rows = [rows[j] for j in keep]
+            toks = toks[torch.tensor(keep, device=toks.device)]
             owner = torch.tensor([trees[r].index for r in rows])
-            state = scorer.prefill([prefixes[r] for r in rows], counter, owner=owner, keep_cache=False)
+            if s.pool is None:
+                state = s.scorer.prefill([prefixes[r] for r in rows], s.counter, owner=owner, keep_cache=False)
+                lp, lr = state.policy_logps, state.reference_logps
+            else:
+                new = s.pool.alloc(len(rows))
+                temp += new
+                index, mask = path_index([slots[r] for r in rows], [[x] for x in new], s.scorer.device)
+                for r, x in zip(rows, new):
+                    slots[r] = slots[r] + [x]
+                lp, lr = s.scorer.pool_step(s.pool, index, mask, toks, s.counter, owner)
+    finally:
+        if s.pool is not None:
+            s.pool.free(temp)
     return values
 
 
-def plant(scorer: PairScorer, prompts: list[list[int]], p: MCTSParams, counter: ForwardCounter) -> list[Tree]:
-    """One tree per prompt; the prompts are prefilled together and each root evaluated (its first visit)."""
-    state = scorer.prefill(prompts, counter, keep_cache=p.reuse_cache)
+def plant(scorer: PairScorer, prompts: list[list[int]], p: MCTSParams, counter: ForwardCounter,
+          pool: KVPool | None = None) -> list[Tree]:
+    """One tree per prompt; the prompts are prefilled together and each root evaluated (its first visit).
+    With a pool, each prompt's K/V is written into it once: the tree's base slots."""
+    state = scorer.prefill(prompts, counter, keep_cache=pool is not None)
     trees = []
-    for i, row in enumerate(scorer.split(state)):
+    for i, prompt in enumerate(prompts):
         root = Node(token=-1, prior=1.0, policy_logp=0.0, reference_logp=0.0, reward=0.0, depth=0,
                     terminal=False, visits=1)
-        expand(scorer, root, row, [], p)
-        trees.append(Tree(prompts[i], i, root))
+        trees.append(Tree(prompt, i, root))
+    if pool is not None:
+        for t in trees:
+            t.base_slots = pool.alloc(len(t.prompt))
+        for m, cache in enumerate((state.policy_cache, state.reference_cache)):
+            pool.write_prefill(m, cache, state.attention_mask, [t.base_slots for t in trees])
+    expand(scorer.beta, [t.root for t in trees], state.policy_logps, state.reference_logps, [[]] * len(trees), p)
     return trees
 
 
-def simulate(scorer: PairScorer, trees: list[Tree], p: MCTSParams, counter: ForwardCounter, n: int = 1) -> None:
+def start(scorer: PairScorer, prompts: list[list[int]], p: MCTSParams, leaf_batch: int = 1,
+          pool: KVPool | None = None) -> tuple[Search, list[Tree]]:
+    """A search's state and its planted trees (a fresh pool, sized by `expected_live_slots`, when caching)."""
+    if p.reuse_cache and pool is None:
+        pool = KVPool(capacity=expected_live_slots([len(x) for x in prompts], p.max_new_tokens, p.simulations,
+                                                   leaf_batch, p.rollout_len))
+    s = Search(scorer, p, ForwardCounter(len(prompts)), pool if p.reuse_cache else None)
+    return s, plant(scorer, prompts, p, s.counter, s.pool)
+
+
+def simulate(s: Search, trees: list[Tree], n: int = 1) -> None:
     """Up to n simulations in every open tree (never past `p.simulations` since its last commit); all new
     leaves are evaluated (and rolled out) in one batch.
 
@@ -221,6 +278,7 @@ def simulate(scorer: PairScorer, trees: list[Tree], p: MCTSParams, counter: Forw
     this round — so the round's leaves are distinct. A descent blocked by such pending leaves ends the
     tree's round early (`Tree.simulations` counts what ran). n = 1 is plain sequential MCTS.
     """
+    p = s.p
     paths, owners = [], []
     for t in trees:
         if t.done:
@@ -242,23 +300,32 @@ def simulate(scorer: PairScorer, trees: list[Tree], p: MCTSParams, counter: Forw
         for node in path:
             node.visits -= 1
     new = [j for j, path in enumerate(paths) if path[-1].children is None and not path[-1].terminal]
-    if new:
-        parents = [paths[j][-2].state for j in new]
-        owner = torch.tensor([owners[j].index for j in new])
-        states = _advance(scorer, parents, [owners[j].prefix(paths[j][:-1]) for j in new],
-                          [paths[j][-1].token for j in new], owner, counter, p.reuse_cache)
-        for j, st in zip(new, states):
-            expand(scorer, paths[j][-1], st, owners[j].history(paths[j]), p)
     values = [0.0] * len(paths)  # leaf value: 0, or the rollout's summed reward
-    if p.rollout_len > 0 and new:
-        for j, v in zip(new, _rollout_values(scorer, [owners[j] for j in new], [paths[j] for j in new], p, counter)):
-            values[j] = v
+    if new:
+        new_trees, new_paths = [owners[j] for j in new], [paths[j] for j in new]
+        lp, lr = _evaluate(s, new_trees, new_paths)
+        expand(s.scorer.beta, [path[-1] for path in new_paths], lp, lr,
+               [t.history(path) for t, path in zip(new_trees, new_paths)], p)
+        if p.rollout_len > 0:
+            for j, v in zip(new, _rollout_values(s, new_trees, new_paths, lp, lr)):
+                values[j] = v
     for path, v in zip(paths, values):
         backup(path, v)
 
 
-def commit(trees: list[Tree]) -> None:
-    """Commit each open tree's most-visited root child; it becomes the root, keeping its subtree."""
+def _subtree_slots(node: Node) -> list[int]:
+    out, stack = [], [node]
+    while stack:
+        n = stack.pop()
+        if n.slot >= 0:
+            out.append(n.slot)
+        stack.extend(n.children or [])
+    return out
+
+
+def commit(trees: list[Tree], pool: KVPool | None = None) -> None:
+    """Commit each open tree's most-visited root child; it becomes the root, keeping its subtree. Its
+    siblings' subtrees are dropped and their KV slots returned to the pool."""
     for t in trees:
         if t.done:
             continue
@@ -266,30 +333,117 @@ def commit(trees: list[Tree]) -> None:
             t.done = True
             continue
         best = max(t.root.children, key=lambda c: (c.visits, c.q, c.prior))
+        if pool is not None:
+            for c in t.root.children:
+                if c is not best:
+                    pool.free(_subtree_slots(c))
+            if best.slot >= 0:
+                t.base_slots.append(best.slot)
         t.committed.append(best)
         t.simulations = 0
-        t.root = best  # siblings and their subtrees are dropped, with their caches
+        t.root = best
         t.done = best.terminal
+    if pool is not None and all(t.done for t in trees):
+        for t in trees:  # the decode is over: every slot goes back
+            pool.free(t.base_slots + [x for x in _subtree_slots(t.root) if x != t.root.slot])
+            t.base_slots = []
 
 
 def mcts(scorer: PairScorer, prompts: list[list[int]], *, max_new_tokens: int, eos_token_id: int,
          simulations: int = 16, c_puct: float = 1.0, topk: int = 8, rollout_len: int = 0, reuse_cache: bool = True,
          score: str = "implicit", length_penalty: float = 0.0, no_repeat_ngram: int = 0,
-         leaf_batch: int = 1) -> list[Decoded]:
+         leaf_batch: int = 1, pool: KVPool | None = None) -> list[Decoded]:
     """MCTS decoding: `simulations` simulations per committed token, batched over prompts and, with
-    leaf_batch > 1, over up to `leaf_batch` leaves per tree at a time (virtual visits, see `simulate`)."""
+    leaf_batch > 1, over up to `leaf_batch` leaves per tree at a time (virtual visits, see `simulate`).
+
+    `pool`: the KV pool to use when reuse_cache (default: a fresh one sized by `expected_live_slots`); pass
+    one to read its `peak_live` afterwards or to cap it with `limit_bytes`."""
     if leaf_batch < 1:
         raise ValueError(f"leaf_batch must be >= 1, got {leaf_batch}")
     if max_new_tokens == 0:
         return [Decoded([], [], [], [], 0) for _ in prompts]
     p = MCTSParams(max_new_tokens, eos_token_id, simulations, c_puct, topk, rollout_len, reuse_cache, score,
                    length_penalty, no_repeat_ngram)
-    counter = ForwardCounter(len(prompts))
-    trees = plant(scorer, prompts, p, counter)
+    s, trees = start(scorer, prompts, p, leaf_batch, pool)
     while not all(t.done for t in trees):
         while any(not t.done and t.simulations < simulations for t in trees):
-            simulate(scorer, trees, p, counter, n=leaf_batch)  # each open tree: up to its remaining simulations
-        commit(trees)
+            simulate(s, trees, n=leaf_batch)  # each open tree: up to its remaining simulations
+        commit(trees, s.pool)
     return scorer.finish(prompts, [[n.token for n in t.committed] for t in trees],
                          [[n.policy_logp for n in t.committed] for t in trees],
-                         [[n.reference_logp for n in t.committed] for t in trees], counter)
+                         [[n.reference_logp for n in t.committed] for t in trees], s.counter)
+
+
+# ---- memory --------------------------------------------------------------------------------------------------
+def expected_live_slots(prompt_lengths: list[int], max_new_tokens: int, simulations: int, leaf_batch: int = 1,
+                        rollout_len: int = 0) -> int:
+    """Live KV slots a search typically holds at once: every prompt token and committed token, plus per tree
+    two rounds of `simulations` evaluated nodes (the current round and the subtree kept from earlier ones) and
+    one batch of rollouts. An upper bound that never frees would be Σ prompt + B·(S·N + 1)."""
+    per_tree = max_new_tokens + 2 * simulations + leaf_batch * rollout_len
+    return sum(prompt_lengths) + len(prompt_lengths) * per_tree + 1
+
+
+def _kv_bytes_per_token(model: torch.nn.Module) -> int:
+    cfg = model.config.get_text_config() if hasattr(model.config, "get_text_config") else model.config
+    heads = getattr(cfg, "num_key_value_heads", None) or cfg.num_attention_heads
+    head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
+    elem = next(model.parameters()).element_size()
+    return cfg.num_hidden_layers * 2 * heads * head_dim * elem
+
+
+def estimate_mcts_memory(policy: torch.nn.Module, reference: torch.nn.Module, prompt_lengths: list[int], *,
+                         max_new_tokens: int, simulations: int, leaf_batch: int = 1, rollout_len: int = 0) -> int:
+    """Bytes an MCTS decode of these prompts needs beyond the loaded models (cached search):
+
+        pool      2 · slots · kv(token)           (the pool doubles when it grows: up to 2× the live slots)
+        prefill   B · T_p · kv(token)             (the batch's DynamicCache before it moves into the pool)
+        step      R · T · kv(token)/L + 8 · R · V · 4 bytes   (one layer's gathered rows; logits, log-softmax)
+
+    with kv(token) = Σ_models L · 2 · H_kv · D · bytes, R = B · leaf_batch rows per forward and
+    T = T_p + max_new_tokens + rollout_len their longest path."""
+    kv = _kv_bytes_per_token(policy) + _kv_bytes_per_token(reference)
+    layers = policy.config.get_text_config().num_hidden_layers if hasattr(policy.config, "get_text_config") \
+        else policy.config.num_hidden_layers
+    vocab = policy.get_output_embeddings().weight.shape[0]
+    b, tp = len(prompt_lengths), max(prompt_lengths)
+    rows, longest = b * leaf_batch, tp + max_new_tokens + rollout_len
+    slots = expected_live_slots(prompt_lengths, max_new_tokens, simulations, leaf_batch, rollout_len)
+    return 2 * slots * kv + b * tp * kv + rows * longest * kv // layers + 8 * rows * vocab * 4
+
+
+def available_memory_bytes(device: torch.device | str = "cpu") -> int | None:
+    """Free memory on `device`: CUDA's free bytes, or MemAvailable of /proc/meminfo on CPU (None if unknown)."""
+    device = torch.device(device)
+    if device.type == "cuda":
+        return torch.cuda.mem_get_info(device)[0]
+    try:
+        with open("/proc/meminfo", encoding="utf-8") as fh:
+            for line in fh:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    try:
+        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError):
+        return None
+
+
+def check_mcts_memory(policy: torch.nn.Module, reference: torch.nn.Module, prompt_lengths: list[int], *,
+                      max_new_tokens: int, simulations: int, leaf_batch: int = 1, rollout_len: int = 0,
+                      available: int | None = None) -> int:
+    """Refuse (SearchMemoryError, message naming --batch_size) an MCTS decode whose estimated memory exceeds
+    the available memory; returns the estimate in bytes. Call it before the search starts."""
+    need = estimate_mcts_memory(policy, reference, prompt_lengths, max_new_tokens=max_new_tokens,
+                                simulations=simulations, leaf_batch=leaf_batch, rollout_len=rollout_len)
+    if available is None:
+        available = available_memory_bytes(next(policy.parameters()).device)
+    if available is not None and need > available:
+        per_prompt = need / max(len(prompt_lengths), 1)
+        fit = max(int(available // per_prompt), 0)
+        raise SearchMemoryError(
+            f"MCTS over {len(prompt_lengths)} prompts needs about {need / 2**30:.2f} GiB but only "
+            f"{available / 2**30:.2f} GiB is available; lower --batch_size (about {fit} prompts fit), "
+            f"--simulations or --max_new_tokens")
+    return need

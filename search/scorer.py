@@ -22,6 +22,7 @@ and the left padding used to stack caches of different lengths (never run) is no
 
 from __future__ import annotations
 
+import inspect
 from dataclasses import dataclass
 
 import torch
@@ -88,6 +89,12 @@ def _last_logps(logits: torch.Tensor) -> torch.Tensor:
     return torch.log_softmax(logits[:, -1, :].float(), dim=-1)  # (R, V)
 
 
+def cache_keyword(model: torch.nn.Module) -> str:
+    """The forward's cache argument: `cache` in transformers 5, `past_key_values` in 4.x."""
+    params = inspect.signature(model.forward).parameters
+    return "cache" if "cache" in params else "past_key_values"
+
+
 class PairScorer:
     """Steps `policy` and `reference` together; all methods are functions of explicit `PairState`s."""
 
@@ -98,13 +105,35 @@ class PairScorer:
         self.beta = beta
         self.pad_token_id = pad_token_id
         self.device = next(policy.parameters()).device
+        self._cache_kw = {id(m): cache_keyword(m) for m in (self.policy, self.reference)}
 
     # ---- forward passes -------------------------------------------------------------------------------
     def _forward(self, model, input_ids, attention_mask, position_ids, cache):
+        kw = {self._cache_kw[id(model)]: cache} if cache is not None else {}
         with torch.no_grad():
             out = model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
-                        cache=cache, use_cache=cache is not None, logits_to_keep=1)
-        return _last_logps(out.logits), (out.cache if cache is not None else None)
+                        use_cache=cache is not None, logits_to_keep=1, **kw)
+        if cache is None:
+            return _last_logps(out.logits), None
+        returned = getattr(out, "cache", None)  # transformers 5
+        if returned is None:
+            returned = getattr(out, "past_key_values", None)  # transformers 4.x
+        return _last_logps(out.logits), (returned if returned is not None else cache)
+
+    def pool_step(self, pool, index: torch.Tensor, attention_mask: torch.Tensor, tokens: torch.Tensor,
+                  counter: ForwardCounter, owner: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """One token per row through both models over a `search.kvpool.KVPool`: (log π, log π_ref), (R, V) each.
+
+        index (R, T + 1): each row's past slots (left-padded with the pool's zero slot) and, last, the slot
+        that receives the new token's K/V; attention_mask (R, T + 1) marks the real columns; tokens (R,).
+        """
+        past = index.shape[1] - 1
+        ids = tokens.to(self.device).view(-1, 1)
+        pos = (attention_mask.sum(-1, keepdim=True) - 1)  # (R, 1): real positions before the new token
+        lp, _ = self._forward(self.policy, ids, attention_mask, pos, pool.cache(0, index, past))
+        lr, _ = self._forward(self.reference, ids, attention_mask, pos, pool.cache(1, index, past))
+        counter.add(owner, 1, 2)
+        return lp, lr
 
     def _pad_left(self, prefixes: list[list[int]]) -> tuple[torch.Tensor, torch.Tensor]:
         if any(len(p) == 0 for p in prefixes):

@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-from search.mcts import MCTSParams, commit, mcts, plant, simulate
+from search.mcts import MCTSParams, commit, mcts, simulate, start
 from search.sampling import greedy
 from search.scorer import ForwardCounter, PairScorer
 
@@ -48,16 +48,16 @@ def test_rollout_q_values_are_path_sums(tree_scorer, reuse_cache, leaf_batch):
     Q(root, A) = r(A) + r(EOS|A) = log 2, Q(root, B) = r(B) + r(B|B) + r(EOS|BB) = log(4/7) + log 10."""
     p = MCTSParams(max_new_tokens=3, eos_token_id=EOS, simulations=40, c_puct=1.0, topk=4, rollout_len=3,
                    reuse_cache=reuse_cache)
-    counter = ForwardCounter(1)
-    (tree,) = trees = plant(tree_scorer, [[BOS]], p, counter)
+    s, trees = start(tree_scorer, [[BOS]], p)
+    (tree,) = trees
     while tree.simulations < p.simulations:  # a round may stop early at pending leaves
-        simulate(tree_scorer, trees, p, counter, n=leaf_batch)
+        simulate(s, trees, n=leaf_batch)
     q = {c.token: c.q for c in tree.root.children}
     assert set(q) == {A, B}  # zero-probability tokens are never children
     assert q[A] == pytest.approx(R_A, abs=1e-6)
     assert q[B] == pytest.approx(R_B + R_BB, abs=1e-6)
     assert tree.root.visits == 1 + p.simulations
-    commit(trees)
+    commit(trees, s.pool)
     assert tree.committed[0].token == B
 
 
@@ -65,10 +65,10 @@ def test_zero_leaf_value_q_values_by_hand(tree_scorer):
     """Leaf value 0: B's first visit backs up 0 and each later one r(B|B) (+ r(EOS|BB) = 0), so
     Q(root, B) = r(B) + r(B|B)·(N_B − 1)/N_B; every return below A is 0, so Q(root, A) = r(A)."""
     p = MCTSParams(max_new_tokens=3, eos_token_id=EOS, simulations=60, c_puct=1.0, topk=4, rollout_len=0)
-    counter = ForwardCounter(1)
-    (tree,) = trees = plant(tree_scorer, [[BOS]], p, counter)
+    s, trees = start(tree_scorer, [[BOS]], p)
+    (tree,) = trees
     for _ in range(p.simulations):
-        simulate(tree_scorer, trees, p, counter)
+        simulate(s, trees)
     a, b = sorted(tree.root.children, key=lambda c: c.token)
     assert a.visits + b.visits == p.simulations and b.visits >= 3
     assert a.q == pytest.approx(R_A, abs=1e-6)
@@ -88,15 +88,15 @@ def test_mcts_commits_best_path_and_stops_at_eos(tree_scorer, rollout_len, leaf_
 
 def test_never_expands_past_eos_or_max_tokens(tree_scorer):
     p = MCTSParams(max_new_tokens=2, eos_token_id=EOS, simulations=30, topk=4)
-    counter = ForwardCounter(1)
-    (tree,) = trees = plant(tree_scorer, [[BOS]], p, counter)
+    s, trees = start(tree_scorer, [[BOS]], p)
+    (tree,) = trees
     for _ in range(p.simulations):
-        simulate(tree_scorer, trees, p, counter)
+        simulate(s, trees)
     stack = [tree.root]
     while stack:
         node = stack.pop()
         if node.token == EOS or node.depth == 2:
-            assert node.terminal and node.children is None and node.state is None
+            assert node.terminal and node.children is None and node.slot == -1
         stack.extend(node.children or [])
     out = mcts(tree_scorer, [[BOS]], max_new_tokens=2, eos_token_id=EOS, simulations=30, topk=4)
     assert len(out[0].token_ids) <= 2
@@ -125,26 +125,25 @@ def test_cache_reuse_equals_reencoding(scorer, tokenizer, make_prompts):
 def test_forward_tokens_count_evaluations(tree_scorer):
     """Cached, no rollout: the prefill (1 position × 2 models) plus 2 per evaluated leaf."""
     p = MCTSParams(max_new_tokens=3, eos_token_id=EOS, simulations=10, topk=4)
-    counter = ForwardCounter(1)
-    (tree,) = trees = plant(tree_scorer, [[BOS]], p, counter)
+    s, trees = start(tree_scorer, [[BOS]], p)
+    (tree,) = trees
     for _ in range(p.simulations):
-        simulate(tree_scorer, trees, p, counter)
+        simulate(s, trees)
     evaluated, stack = 0, list(tree.root.children)
     while stack:
         node = stack.pop()
-        evaluated += node.state is not None
+        evaluated += node.children is not None
         stack.extend(node.children or [])
-    assert counter.per_prompt == [2 + 2 * evaluated]
-    assert torch.is_tensor(tree.root.state.policy_logps)
+    assert s.counter.per_prompt == [2 + 2 * evaluated]
 
 
 def test_leaf_batch_spreads_one_round_over_distinct_leaves(tree_scorer):
     """One round of 2 simulations from a fresh root: the virtual visit sends the second descent to the other
     child, so both children are evaluated in one batched forward (2 rows × 2 models)."""
     p = MCTSParams(max_new_tokens=3, eos_token_id=EOS, topk=4, c_puct=1.0)
-    counter = ForwardCounter(1)
-    (tree,) = trees = plant(tree_scorer, [[BOS]], p, counter)
-    simulate(tree_scorer, trees, p, counter, n=2)
+    s, trees = start(tree_scorer, [[BOS]], p)
+    (tree,) = trees
+    simulate(s, trees, n=2)
     assert [c.visits for c in tree.root.children] == [1, 1] and tree.root.visits == 3
-    assert all(c.state is not None for c in tree.root.children)
-    assert counter.per_prompt == [2 + 4]
+    assert all(c.children is not None for c in tree.root.children)
+    assert s.counter.per_prompt == [2 + 4]
