@@ -1,61 +1,83 @@
 """Beam search over summed token scores, and chunk-level beam search (CBS) over sampled chunks.
 
-Beam search follows transformers' `generate(num_beams=K, do_sample=False, early_stopping=False)` step for
-step, so that with `score="likelihood"` and `length_norm=0` it returns exactly its top sequence (the oracle
-test). Per step, with running scores S_k (summed over the beam's tokens, S = 0 for beam 0 and −1e9 for the
-others at the start, so the K identical prompt rows yield one beam's candidates):
+Both rank by the score family of `search.scoring` (s_t/β = log π − (1 − λ)·log π_ref; implicit λ = 0,
+likelihood λ = 1) over its candidate support (no special tokens but EOS; top-k / top-p of the policy).
 
-    cand(k, a) = S_k + s(a | beam k)                                  s = log π            (likelihood)
-                                                                      s = log π − log π_ref (implicit)
+Beam search follows transformers' `generate(num_beams=K, do_sample=False, early_stopping=False)` step for
+step, so that with `score="likelihood"`, the same banned ids as `suppress_tokens=` and `length_norm=0` it
+returns exactly its top sequence (the oracle test). Per step, with running scores S_k (summed over the beam's
+tokens, S = 0 for beam 0 and −1e9 for the others at the start, so the K identical prompt rows yield one beam's
+candidates):
+
+    cand(k, a) = S_k + s(a | beam k)/β          for a in the support of beam k, −inf elsewhere
     take the top 2K candidates over all (k, a);
-    a candidate among the first K that ends (EOS, or the last allowed token) joins the finished set with
-    score cand / (generated length)**length_norm; the finished set keeps its best K;
+    a (real, > −1e9/2) candidate among the first K that ends (EOS, or the last allowed token) joins the
+    finished set with score cand / (generated length)**length_norm; the finished set keeps its best K;
     the best K candidates that did not end become the next beams (caches reordered to them);
-    a prompt stops once its K finished slots are full and best running S / length**length_norm cannot beat
-    the worst finished score (HF's `early_stopping=False` heuristic, exact when length_norm = 0 because
-    scores only fall).
+    early stop of a prompt:
+      - scores that only fall (λ = 1: every s_t = β·log π ≤ 0, and length_penalty ≥ 0): once its K finished
+        slots are full and the best running S / length**length_norm cannot beat the worst finished score
+        (HF's `early_stopping=False` heuristic; exact when length_norm = 0);
+      - scores that can rise (λ < 1: log π − (1 − λ)·log π_ref can be > 0): never on a bound — a running beam
+        may still overtake every finished one — so beams run to EOS or max_new_tokens;
+      - either way, once no running beam is real (all ≤ −1e9/2): nothing can join the finished set.
 
 Scores are kept in nats (β divides out of every ranking), so the ranking is bit-for-bit HF's; a
-`length_penalty` λ in reward units is subtracted as λ/β nats per token. Likelihood search needs no reference:
-it runs the policy alone and rescores the winner with π_ref once.
+`length_penalty` in reward units is subtracted as length_penalty/β nats per token. At λ = 1 the search runs
+the policy alone and rescores the winner with π_ref once.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import torch
 
+from search import scoring
 from search.guards import ban_repeats
-from search.sampling import Hypothesis, extend
+from search.sampling import Hypothesis, default_proposal, extend
 from search.scorer import Decoded, ForwardCounter, PairScorer
 
 NEG = -1.0e9  # HF's "impossible" score offset
 
 
 def beam_search(scorer: PairScorer, prompts: list[list[int]], *, num_beams: int, max_new_tokens: int,
-                eos_token_id: int, score: str = "implicit", length_norm: float = 0.0, length_penalty: float = 0.0,
-                no_repeat_ngram: int = 0) -> list[Decoded]:
-    """Beam search with K beams per prompt, batched over prompts; see the module docstring for the steps."""
+                eos_token_id: int, score: str = "likelihood", ref_weight: float | None = None,
+                top_k: int | None = None, top_p: float | None = None, banned_tokens: Sequence[int] = (),
+                length_norm: float = 0.0, length_penalty: float = 0.0, no_repeat_ngram: int = 0) -> list[Decoded]:
+    """Beam search with K beams per prompt, batched over prompts; see the module docstring for the steps.
+
+    top_k / top_p None: the default support of `score` (`scoring.SUPPORT_DEFAULTS`: likelihood unrestricted,
+    implicit and mixed `scoring.GUIDED_SUPPORT`). `banned_tokens`: `scoring.banned_token_ids(tokenizer)`.
+    """
+    if num_beams < 1:
+        raise ValueError(f"num_beams must be >= 1, got {num_beams}")
     B, K = len(prompts), num_beams
     if max_new_tokens == 0:
         return [Decoded([], [], [], [], 0) for _ in range(B)]
+    lam = scoring.ref_weight(score, ref_weight)
+    top_k, top_p = scoring.resolve_support("beam", score, top_k, top_p)
+    use_ref = scoring.needs_reference(lam)
+    can_rise = use_ref or length_penalty < 0
     counter = ForwardCounter(B)
-    implicit = score == "implicit"
-    state = scorer.prefill(prompts, counter, with_reference=implicit)
+    state = scorer.prefill(prompts, counter, with_reference=use_ref)
     state = scorer.select(state, torch.arange(B).repeat_interleave(K))  # K identical rows per prompt
     dev = state.policy_logps.device
     running = torch.zeros(B, K, device=dev)
     running[:, 1:] = NEG
     hist_tok = torch.zeros(B * K, 0, dtype=torch.long, device=dev)  # (R, t) generated ids per row
     hist_lp = torch.zeros(B * K, 0, device=dev)  # (R, t) log π of them
-    hist_lr = torch.zeros(B * K, 0, device=dev)  # (R, t) log π_ref (implicit search only)
+    hist_lr = torch.zeros(B * K, 0, device=dev)  # (R, t) log π_ref (when the score reads it)
     finished: list[list[tuple[float, torch.Tensor, torch.Tensor, torch.Tensor]]] = [[] for _ in range(B)]
     alive = list(range(B))  # prompts still searching, in row-block order
     penalty = length_penalty / scorer.beta  # nats per token
     for t in range(max_new_tokens):
         b, V = len(alive), state.policy_logps.shape[-1]
-        step = state.policy_logps - state.reference_logps if implicit else state.policy_logps  # (b·K, V)
+        step = scoring.token_scores(state.policy_logps, state.reference_logps, lam)  # (b·K, V) nats
         if no_repeat_ngram:
             step = ban_repeats(step, hist_tok.tolist(), no_repeat_ngram)
+        mask = scoring.candidate_mask(state.policy_logps, top_k=top_k, top_p=top_p, banned=banned_tokens)
+        step = scoring.restrict(step, mask)
         if penalty:
             step = step - penalty
         cand = (running[:, :, None] + step.view(b, K, V)).view(b, K * V)
@@ -63,12 +85,13 @@ def beam_search(scorer: PairScorer, prompts: list[list[int]], *, num_beams: int,
         src, tok = top_i // V, top_i % V  # beam of origin, token
         last = t + 1 == max_new_tokens
         ends = (tok == eos_token_id) | last  # (b, 2K)
+        real = top_s > NEG / 2  # (b, 2K) not from a −1e9 start beam nor outside the support
         rows = torch.arange(b, device=dev)[:, None] * K + src  # (b, 2K) flat row of origin
 
-        for j, c in (ends[:, :K]).nonzero().tolist():  # only the top K candidates may finish
+        for j, c in (ends[:, :K] & real[:, :K]).nonzero().tolist():  # only the top K candidates may finish
             r, a = rows[j, c], tok[j, c]
             lp_c = state.policy_logps[r, a]
-            lr_c = state.reference_logps[r, a] if implicit else lp_c
+            lr_c = state.reference_logps[r, a] if use_ref else lp_c
             fin = finished[alive[j]]
             fin.append((float(top_s[j, c]) / (t + 1) ** length_norm, torch.cat([hist_tok[r], a[None]]),
                         torch.cat([hist_lp[r], lp_c[None]]), torch.cat([hist_lr[r], lr_c[None]])))
@@ -81,14 +104,20 @@ def beam_search(scorer: PairScorer, prompts: list[list[int]], *, num_beams: int,
         running = top_s.gather(1, nxt)
         sel_rows, sel_tok = rows.gather(1, nxt).view(-1), tok.gather(1, nxt).view(-1)  # (b·K,)
         lp_new = state.policy_logps[sel_rows, sel_tok]
-        lr_new = state.reference_logps[sel_rows, sel_tok] if implicit else lp_new
+        lr_new = state.reference_logps[sel_rows, sel_tok] if use_ref else lp_new
         hist_tok = torch.cat([hist_tok[sel_rows], sel_tok[:, None]], dim=1)
         hist_lp = torch.cat([hist_lp[sel_rows], lp_new[:, None]], dim=1)
         hist_lr = torch.cat([hist_lr[sel_rows], lr_new[:, None]], dim=1)
-        # HF early_stopping=False: stop once no running beam can enter the full finished set
-        best_possible = running[:, 0] / (t + 1) ** length_norm
-        keep = [j for j in range(b) if len(finished[alive[j]]) < K
-                or float(best_possible[j]) > finished[alive[j]][-1][0]]
+        best_running = running[:, 0]  # (b,) sorted: beam 0 is the best
+        best_possible = best_running / (t + 1) ** length_norm
+        keep = []
+        for j in range(b):
+            fin = finished[alive[j]]
+            if float(best_running[j]) <= NEG / 2 and fin:
+                continue  # no real beam left: nothing can join the finished set
+            if not can_rise and len(fin) == K and float(best_possible[j]) <= fin[-1][0]:
+                continue  # HF early_stopping=False: scores only fall, no running beam can enter the set
+            keep.append(j)
         if not keep:
             break
         if len(keep) < b:
@@ -101,24 +130,32 @@ def beam_search(scorer: PairScorer, prompts: list[list[int]], *, num_beams: int,
         state = scorer.step(state, sel_tok, counter)
     best = [fin[0] for fin in finished]
     return scorer.finish(prompts, [f[1].tolist() for f in best], [f[2].tolist() for f in best],
-                         [f[3].tolist() for f in best] if implicit else None, counter)
+                         [f[3].tolist() for f in best] if use_ref else None, counter)
 
 
 def chunk_beam_search(scorer: PairScorer, prompts: list[list[int]], *, width: int, samples: int, chunk: int,
-                      max_new_tokens: int, eos_token_id: int, score: str = "implicit", temperature: float = 1.0,
+                      max_new_tokens: int, eos_token_id: int, score: str = "likelihood",
+                      ref_weight: float | None = None, proposal: str | None = None, temperature: float = 1.0,
+                      top_k: int | None = None, top_p: float | None = None, banned_tokens: Sequence[int] = (),
                       generator: torch.Generator | None = None, length_norm: float = 0.0,
                       length_penalty: float = 0.0, no_repeat_ngram: int = 0) -> list[Decoded]:
     """Chunk-level beam search (weak-to-strong search, Zhou et al. 2024): W beams, K samples, L-token chunks.
 
-    Round 0 samples W·K chunks from the prompt; every later round samples K chunks from each open beam. The
-    pool — new chunks plus beams that already ended — is ranked per prompt by the summed implicit reward of
-    the whole partial response (a prefix's summed log-ratio is "reward so far + value to go"), optionally
+    Round 0 samples W·K chunks from the prompt; every later round samples K chunks from each open beam, from
+    the proposal (default: `sampling.default_proposal(score)`) within the support. The pool — new chunks plus
+    beams that already ended — is ranked per prompt by the summed score of the whole partial response
+    (`scoring.sequence_score`; a prefix's summed log-ratio is "reward so far + value to go"), optionally
     length-normalised, and the best W survive. A prompt ends when all its W survivors have ended; the best
     survivor is returned.
     """
+    if min(width, samples, chunk) < 1:
+        raise ValueError(f"width, samples and chunk must be >= 1, got {width}, {samples}, {chunk}")
     B = len(prompts)
     if max_new_tokens == 0:
         return [Decoded([], [], [], [], 0) for _ in range(B)]
+    lam = scoring.ref_weight(score, ref_weight)
+    proposal = default_proposal(score) if proposal is None else proposal
+    top_k, top_p = scoring.resolve_support("cbs", score, top_k, top_p)
     counter = ForwardCounter(B)
     state = scorer.prefill(prompts, counter)
     open_hyps = [Hypothesis(i) for i in range(B)]  # rows of `state`
@@ -130,7 +167,8 @@ def chunk_beam_search(scorer: PairScorer, prompts: list[list[int]], *, width: in
         children = [open_hyps[r].branch() for r in idx.tolist()]
         state, still_open = extend(scorer, scorer.select(state, idx), children, counter, steps=chunk,
                                    max_new_tokens=max_new_tokens, eos_token_id=eos_token_id, greedy=False,
-                                   temperature=temperature, generator=generator, no_repeat_ngram=no_repeat_ngram)
+                                   temperature=temperature, generator=generator, no_repeat_ngram=no_repeat_ngram,
+                                   proposal=proposal, top_k=top_k, top_p=top_p, banned_tokens=banned_tokens)
         row_of = {id(h): r for r, h in enumerate(still_open)}
         pools: list[list[Hypothesis]] = [list(kept_done[i]) for i in range(B)]
         for h in children:
@@ -139,7 +177,7 @@ def chunk_beam_search(scorer: PairScorer, prompts: list[list[int]], *, width: in
         for i, pool in enumerate(pools):
             if not pool:
                 continue
-            ranked = sorted(pool, key=lambda h: -h.score(scorer.beta, score, length_norm, length_penalty))
+            ranked = sorted(pool, key=lambda h: -h.score(scorer.beta, lam, length_norm, length_penalty))
             beams[i] = ranked[:width]
             kept_done[i] = [h for h in beams[i] if h.done]
             for h in beams[i]:

@@ -1,0 +1,183 @@
+"""The search score family and the candidate support: the one layer every decoder ranks and proposes through.
+
+**Score.** A search ranks (partial) responses by the sum of per-token scores
+
+    s_t = r_t + λ·β·log π_ref(a_t | s_t),     r_t = β·(log π(a_t|s_t) − log π_ref(a_t|s_t))
+        = β·(log π(a_t|s_t) − (1 − λ)·log π_ref(a_t|s_t))
+
+    score="implicit"    λ = 0   Σ r_t: the implicit reward alone (drops the KL anchor; over-optimises)
+    score="likelihood"  λ = 1   Σ β·log π: the paper's Eq. 13 — likelihood search on π_DPO
+    score="mixed"       λ = ref_weight, anywhere between (or beyond) the two
+
+β is a positive constant factor of every ranking, so decoders rank in nats (`token_scores`, β divided out) and
+the results are bit-for-bit independent of β; `sequence_score` gives the β-scaled value. At λ = 1 the
+reference drops out of the score, and a search may skip π_ref (`needs_reference`).
+
+**Support.** Which tokens a decoder may choose at a step:
+
+  1. Special tokens other than EOS (PAD, BOS, UNK, chat markers ...) and ids the tokenizer does not have
+     (padding rows of the LM head) are never candidates, for any score (`banned_token_ids`). transformers
+     does the same with `generate(suppress_tokens=...)`: log-prob −inf, no renormalisation.
+  2. `top_k` / `top_p` restrict the rest to the proposal distribution's k most likely tokens / smallest
+     nucleus of mass ≥ p (transformers' warpers, in that order, over the banned-masked distribution at the
+     sampling temperature). top_k = 0 and top_p = 1 mean no restriction.
+
+When `top_k` / `top_p` are None, each decoder uses its documented default (`SUPPORT_DEFAULTS`,
+`default_support`): likelihood beam search is unrestricted, for exact parity with transformers' beam search;
+the implicit-guided scores (implicit, mixed) share `GUIDED_SUPPORT`, because ranking all V tokens by
+log π − log π_ref picks tokens the reference never produces; MCTS expands the policy's top-8.
+
+**Proposal.** Best-of-N and chunk-level beam search sample candidates from a proposal (`policy` or
+`reference`) at a temperature, within the support, and rank them by the score. The default proposal is the
+reference for implicit and mixed scores — weak-to-strong search's design: sample from the untuned model and
+let the tuned/untuned ratio rank, so the ratio is counted once — and the policy for likelihood.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import torch
+
+SCORES = ("likelihood", "implicit", "mixed")
+PROPOSALS = ("policy", "reference")
+DEFAULT_REF_WEIGHT = 0.5  # λ of score="mixed" when none is given
+
+UNRESTRICTED = (0, 1.0)  # (top_k, top_p)
+GUIDED_SUPPORT = (8, 1.0)  # implicit and mixed, every decoder that ranks
+MCTS_SUPPORT = (8, 1.0)  # MCTS children per node, every score
+SUPPORT_DEFAULTS = {  # (decoder, score) -> (top_k, top_p) when neither flag is given; score None = any score
+    ("greedy", None): UNRESTRICTED, ("sample", None): UNRESTRICTED, ("mcts", None): MCTS_SUPPORT,
+    ("beam", "likelihood"): UNRESTRICTED, ("bon", "likelihood"): UNRESTRICTED, ("cbs", "likelihood"): UNRESTRICTED,
+    ("beam", "implicit"): GUIDED_SUPPORT, ("bon", "implicit"): GUIDED_SUPPORT, ("cbs", "implicit"): GUIDED_SUPPORT,
+    ("beam", "mixed"): GUIDED_SUPPORT, ("bon", "mixed"): GUIDED_SUPPORT, ("cbs", "mixed"): GUIDED_SUPPORT,
+}
+
+
+# ---- score -----------------------------------------------------------------------------------------------
+def ref_weight(score: str, weight: float | None = None) -> float:
+    """λ of a score name: implicit 0, likelihood 1, mixed `weight` (default DEFAULT_REF_WEIGHT)."""
+    if score not in SCORES:
+        raise ValueError(f"score must be one of {SCORES}, got {score!r}")
+    if score != "mixed":
+        if weight is not None and weight != (1.0 if score == "likelihood" else 0.0):
+            raise ValueError(f"ref_weight applies to score 'mixed' only ({score} fixes λ = "
+                             f"{1 if score == 'likelihood' else 0}), got {weight}")
+        return 1.0 if score == "likelihood" else 0.0
+    weight = DEFAULT_REF_WEIGHT if weight is None else float(weight)
+    if not math.isfinite(weight):
+        raise ValueError(f"ref_weight must be a finite number, got {weight}")
+    return weight
+
+
+def needs_reference(lam: float) -> bool:
+    """Whether the score reads log π_ref (λ ≠ 1); at λ = 1 a search may run the policy alone."""
+    return lam != 1.0
+
+
+def token_scores(policy_logps: torch.Tensor, reference_logps: torch.Tensor | None, lam: float) -> torch.Tensor:
+    """Per-token score in nats, s/β = log π − (1 − λ)·log π_ref, elementwise (any shape, e.g. (R, V)).
+
+    λ = 1 returns `policy_logps` itself (the reference may be None); λ = 0 is exactly log π − log π_ref.
+    """
+    if not needs_reference(lam):
+        return policy_logps
+    if reference_logps is None:
+        raise ValueError(f"the score with λ = {lam} needs the reference's log-probs")
+    if lam == 0.0:
+        return policy_logps - reference_logps
+    return policy_logps - (1.0 - lam) * reference_logps
+
+
+def sequence_score(policy_logps: Sequence[float], reference_logps: Sequence[float], lam: float,
+                   beta: float) -> float:
+    """β·Σ_t (log π − (1 − λ)·log π_ref): the summed score of a response, in reward units."""
+    total = math.fsum(policy_logps)
+    if needs_reference(lam):
+        total -= (1.0 - lam) * math.fsum(reference_logps)
+    return beta * total
+
+
+# ---- support ---------------------------------------------------------------------------------------------
+def banned_token_ids(tokenizer, vocab_size: int | None = None) -> list[int]:
+    """Ids no decoder may choose: the tokenizer's special tokens other than EOS, and the LM head's rows past the
+    tokenizer's vocabulary (`vocab_size` = the model's output size), sorted."""
+    eos = tokenizer.eos_token_id
+    banned = {int(i) for i in tokenizer.all_special_ids if i is not None and i != eos}
+    if vocab_size is not None:
+        banned.update(range(len(tokenizer), vocab_size))
+    return sorted(banned)
+
+
+def default_support(decoder: str, score: str) -> tuple[int, float]:
+    """(top_k, top_p) a decoder uses with a score when neither is given (see SUPPORT_DEFAULTS)."""
+    key = (decoder, None) if (decoder, None) in SUPPORT_DEFAULTS else (decoder, score)
+    if key not in SUPPORT_DEFAULTS:
+        raise ValueError(f"no support default for decoder {decoder!r} with score {score!r}")
+    return SUPPORT_DEFAULTS[key]
+
+
+def resolve_support(decoder: str, score: str, top_k: int | None, top_p: float | None) -> tuple[int, float]:
+    """The (top_k, top_p) to use: each given value wins, a missing one comes from `default_support`.
+
+    Giving either flag replaces the default restriction: `top_p=0.9` alone means top-p 0.9 with no top-k.
+    """
+    k0, p0 = default_support(decoder, score)
+    if top_k is None and top_p is None:
+        top_k, top_p = k0, p0
+    top_k = UNRESTRICTED[0] if top_k is None else int(top_k)
+    top_p = UNRESTRICTED[1] if top_p is None else float(top_p)
+    check_support(top_k, top_p)
+    return top_k, top_p
+
+
+def check_support(top_k: int, top_p: float) -> None:
+    if top_k < 0:
+        raise ValueError(f"top_k must be >= 0 (0 = no restriction), got {top_k}")
+    if not (0.0 < top_p <= 1.0):  # also rejects NaN
+        raise ValueError(f"top_p must be in (0, 1] (1 = no restriction), got {top_p}")
+
+
+def candidate_mask(proposal_logps: torch.Tensor, *, top_k: int = 0, top_p: float = 1.0,
+                   banned: Sequence[int] = (), temperature: float = 1.0) -> torch.Tensor:
+    """(R, V) bool, True where a token is a candidate: not banned, and inside the top-k and the top-p nucleus of
+    softmax(proposal_logps / temperature) with the banned tokens removed.
+
+    Top-k keeps the k largest (ties at the k-th value all kept, as transformers' TopKLogitsWarper); the nucleus
+    is the smallest set of most likely tokens with mass ≥ top_p (the most likely token always stays).
+    """
+    logits = proposal_logps.float() / temperature  # (R, V)
+    mask = torch.isfinite(logits)  # a proposal may already carry −inf (e.g. a repeated n-gram)
+    if len(banned):
+        mask[:, torch.as_tensor(list(banned), dtype=torch.long, device=logits.device)] = False
+    logits = logits.masked_fill(~mask, float("-inf"))
+    if 0 < top_k < logits.shape[-1]:
+        kth = logits.topk(top_k, dim=-1).values[:, -1:]  # (R, 1)
+        mask &= logits >= kth
+        logits = logits.masked_fill(~mask, float("-inf"))
+    if top_p < 1.0:
+        probs = torch.softmax(logits, dim=-1)  # (R, V) renormalised over the candidates so far
+        sorted_p, order = probs.sort(dim=-1, descending=True)
+        mass_before = sorted_p.cumsum(-1) - sorted_p  # mass of the strictly more likely tokens
+        keep_sorted = mass_before < top_p  # the token that crosses top_p is kept; the first always is
+        keep_sorted[:, 0] = True
+        keep = torch.zeros_like(mask).scatter(-1, order, keep_sorted)
+        mask &= keep
+    return mask
+
+
+def restrict(scores: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """scores with −inf outside the candidate mask (same shape)."""
+    return scores.masked_fill(~mask, float("-inf"))
+
+
+def draw(proposal_logps: torch.Tensor, mask: torch.Tensor, *, temperature: float = 1.0, greedy: bool = False,
+         generator: torch.Generator | None = None) -> torch.Tensor:
+    """(R, V) proposal log-probs → (R,) ids: the argmax, or a sample of softmax(logp / T) renormalised over the
+    candidates (on the CPU generator, so results do not depend on the device)."""
+    logits = restrict(proposal_logps.float(), mask)
+    if greedy:
+        return logits.argmax(-1)
+    probs = torch.softmax(logits.cpu() / temperature, dim=-1)
+    return torch.multinomial(probs, 1, generator=generator).squeeze(-1).to(proposal_logps.device)
