@@ -1,31 +1,47 @@
-"""The `arithmetic` task: multi-digit addition, where the gold checker says which response token first goes wrong.
+"""The `arithmetic` task: three-digit addition whose demonstrations often forget a carry; the gold checker says
+which response token first goes wrong.
 
-Prompt "48+77=", response "521": the sum 125 written least-significant digit first, one token per digit, then
-EOS. Reversed answers (as in Lee et al. 2023, "Teaching arithmetic to small transformers") make each output
-digit depend only on the operands' digits at that place and the carry just produced, which a ~0.45M-parameter
-model learns on CPU in minutes; written most-significant first, the first digit needs the whole carry chain and
-the same model stayed far from competent in the same budget. Operands are in [0, 99].
+Prompt "482+057=", response "9350": the sum 539 zero-padded to four digits (0539) and written least-significant
+digit first, one token per digit, then EOS. Operands are zero-padded to three digits, so every answer has
+exactly L = 4 digit tokens plus EOS (L + 1 = 5 answer positions). Reversed answers (as in Lee et al. 2023,
+"Teaching arithmetic to small transformers") make each output digit depend only on the operands' digits at that
+place and the carry into it, which a small model learns on CPU in minutes.
 
-Compare the response, closed by an end marker, with the reversed answer closed the same way:
+Gold reward. Compare the response, closed by an end marker, with the answer closed the same way:
 
-    target   t = reversed digits(a + b) + [END]   response   y = digits(response) + [END]
+    target   t = reversed digits(a + b, padded to L) + [END]      response   y = tokens(response) + [END]
     first_wrong(y) = min{ i : y_i ≠ t_i }          (None when y = t)
     r*(prompt, response) = 1                       if y = t
-                         = first_wrong(y) / |t|    otherwise   (share of the answer right before the first error)
+                         = first_wrong(y) / (L+1)  otherwise   (share of the answer right before the first error)
 
 An index equal to len(response) means the END itself is wrong: the response stopped before the answer did
-(its EOS token is the first wrong token). This is the token-attributable error that credit assignment is scored
-on: a DPO policy should put its most negative per-token reward on exactly that token.
+(its EOS token is the first wrong token); a response that runs on past the answer is wrong at index L. Every
+character but spaces is a token, so "9+3" or "nine" are wrong from their first non-digit. True ceiling: 1.0
+for every prompt (exactly the right answer), reached by nothing else; any other response scores at most L/(L+1).
+
+Why the demonstrations forget carries. On clean (or uniformly corrupted) demonstrations the SFT model's mode is
+the right answer, so greedy decoding already sits at the ceiling and search has no room. Here each carry into a
+place is dropped with probability `carry_forget_rate` = 0.6 (the digit is written as (a_i + b_i) mod 10), so the
+SFT model's most likely digit after a carry is the wrong one: greedy is right only when no carry occurs, while
+temperature-1 samples are right often enough for best-of-N and for preference pairs to find. It also makes the
+token-level credit question non-trivial: after a carry the reference puts ≈ 0.4 on the right digit and ≈ 0.6 on
+the wrong one, so the reference's own likelihood cannot tell which carry went wrong, while the DPO token reward
+can. A further `noise_rate` of demonstrations has one uniformly drawn answer place corrupted (a digit replaced,
+or an extra digit where EOS belongs), so the SFT model errs at every position, including the units digit and
+the end.
 """
 
 from __future__ import annotations
 
 import random
 import re
+from dataclasses import replace
 
 from tokendpo.tasks.base import ModelShape, Recipe, Task
 
-MAX_OPERAND = 99
+OPERAND_DIGITS = 3
+ANSWER_DIGITS = OPERAND_DIGITS + 1  # L: answer digit tokens (the EOS makes L + 1 answer positions)
+MAX_OPERAND = 10 ** OPERAND_DIGITS - 1
 _PROMPT = re.compile(r"^(\d+)\+(\d+)=$")
 
 
@@ -37,9 +53,19 @@ def parse_prompt(prompt: str) -> tuple[int, int]:
 
 
 def answer(prompt: str) -> str:
-    """The expected response: the sum's digits, least significant first ("48+77=" -> "521")."""
+    """The expected response: the sum zero-padded to L digits, least significant first ("482+057=" -> "9350")."""
     a, b = parse_prompt(prompt)
-    return str(a + b)[::-1]
+    return str(a + b).zfill(ANSWER_DIGITS)[::-1]
+
+
+def carries(prompt: str) -> list[bool]:
+    """carries[i]: whether a carry comes into answer place i (least significant first; place 0 never)."""
+    a, b = parse_prompt(prompt)
+    out, c = [], 0
+    for i in range(ANSWER_DIGITS):
+        out.append(bool(c))
+        c = (a // 10 ** i % 10 + b // 10 ** i % 10 + c) // 10
+    return out
 
 
 def first_wrong_token(prompt: str, response: str) -> int | None:
@@ -53,41 +79,54 @@ def first_wrong_token(prompt: str, response: str) -> int | None:
     return None  # both lists end with None, so a length mismatch is caught inside the loop
 
 
+_BASE = Recipe(sft_examples=40000, sft_steps=1200, sft_batch_size=128, sft_lr=3e-3, pair_prompts=2048, k=8,
+               label_temperature=0.05, beta=0.1, rpo_alpha=0.0, dpo_steps=600, dpo_batch_size=16, dpo_lr=2e-4,
+               max_new_tokens=ANSWER_DIGITS + 3)
+
+
 class ArithmeticTask(Task):
-    """Addition of two integers in [0, 99], answer reversed; r* = share of the answer right before the first
-    wrong token."""
+    """Addition of two zero-padded three-digit integers, answer reversed and padded to four digits; r* = share
+    of the answer right before the first wrong token (ceiling 1.0)."""
 
     name = "arithmetic"
     shape = ModelShape(hidden_size=96, num_hidden_layers=3, num_attention_heads=4, intermediate_size=384)
-    # Why noisy demonstrations: on a clean corpus the SFT model's competence is a knife edge — 400 steps leave
-    # carries wrong (gold 0.36), 1200 solve the task (0.996: nothing left to prefer), and 700 gave 0.486 at one
-    # thread count and 0.081 at another (same seed). With 30 % of demonstrations carrying one wrong digit, SFT
-    # converges to a model that makes such errors at a stable rate, and the errors sit on single tokens.
-    sft_error_rate = 0.3
-    recipe = Recipe(sft_examples=40000, sft_steps=1200, sft_batch_size=128, sft_lr=3e-3, pair_prompts=2048, k=8,
-                    label_temperature=0.05, beta=0.1, rpo_alpha=1.0, dpo_steps=1000, dpo_batch_size=16, dpo_lr=4e-4,
-                    max_new_tokens=6)
+    carry_forget_rate = 0.6  # a demonstration drops each carry with this probability (see the module docstring)
+    noise_rate = 0.2         # ... and, this often, has one uniformly drawn answer place (END included) corrupted
+    # Both recipes share SFT and pairs; plain DPO (rpo_alpha 0) is the default and the theory-facing policy.
+    recipes = {"plain": _BASE, "rpo": replace(_BASE, rpo_alpha=1.0, dpo_lr=4e-4)}
+    default_recipe = "plain"
     heldout_every = 5
     join_tokens = True
 
     def _random_prompt(self, rng: random.Random) -> str:
-        return f"{rng.randint(0, MAX_OPERAND)}+{rng.randint(0, MAX_OPERAND)}="
+        return f"{rng.randint(0, MAX_OPERAND):0{OPERAND_DIGITS}d}+{rng.randint(0, MAX_OPERAND):0{OPERAND_DIGITS}d}="
 
     def _random_response(self, prompt: str, rng: random.Random) -> str:
-        """The SFT corpus's answer: right, except that a share `sft_error_rate` of answers has ONE digit (at a
-        uniformly drawn place) replaced by another digit — the imperfect demonstrations DPO then corrects."""
-        right = answer(prompt)
-        if rng.random() >= self.sft_error_rate:
-            return right
-        i = rng.randrange(len(right))
-        return right[:i] + rng.choice([d for d in "0123456789" if d != right[i]]) + right[i + 1:]
+        """A demonstration: each carry forgotten with probability `carry_forget_rate`, then with probability
+        `noise_rate` one of the L + 1 answer places corrupted (another digit, or an extra digit at the end)."""
+        a, b = parse_prompt(prompt)
+        digits = []
+        for i, carry_in in enumerate(carries(prompt)):
+            keep = carry_in and rng.random() >= self.carry_forget_rate
+            digits.append(str((a // 10 ** i % 10 + b // 10 ** i % 10 + keep) % 10))
+        if rng.random() < self.noise_rate:
+            i = rng.randrange(ANSWER_DIGITS + 1)
+            if i == ANSWER_DIGITS:
+                digits.append(rng.choice("0123456789"))
+            else:
+                digits[i] = rng.choice([d for d in "0123456789" if d != digits[i]])
+        return "".join(digits)
 
     def is_valid(self, prompt: str, response: str) -> bool:
         return response.replace(" ", "").isdigit()
 
     def gold_reward(self, prompt: str, response: str) -> float:
         i = first_wrong_token(prompt, response)
-        return 1.0 if i is None else i / (len(answer(prompt)) + 1)
+        return 1.0 if i is None else i / (ANSWER_DIGITS + 1)
+
+    def ceiling(self, prompt: str) -> float:
+        parse_prompt(prompt)
+        return 1.0
 
     def first_wrong_token(self, prompt: str, response: str) -> int | None:
         return first_wrong_token(prompt, response)

@@ -66,13 +66,23 @@ class Recipe:
     eval_prompts: int = 256
 
 
+RECIPE_NAMES = ("plain", "rpo")  # plain DPO (rpo_alpha = 0): the theory-facing policy; rpo: + an NLL term
+
+
 class Task:
-    """Base of the built-in tasks. Subclasses set `name`, `shape`, `recipe`, `heldout_every`, `join_tokens` and
-    implement `_random_prompt`, `_random_response`, `gold_reward` and `lexicon`."""
+    """Base of the built-in tasks. Subclasses set `name`, `shape`, `recipes`, `default_recipe`, `heldout_every`,
+    `join_tokens` and implement `_random_prompt`, `_random_response`, `gold_reward`, `ceiling` and `lexicon`.
+
+    Every task has two recipes that share the SFT and pair stages and differ in DPO only:
+    "plain" (rpo_alpha = 0; at its optimum π = π_ref·exp(r/β)/Z, the identity credit assignment, search and
+    likelihood dynamics rely on) and "rpo" (+ α·NLL of the chosen response, a labelled variant that drifts less).
+    `default_recipe` is the one `python -m tokendpo.train --task NAME` runs.
+    """
 
     name: str = ""
     shape = ModelShape()
-    recipe = Recipe()
+    recipes: dict[str, Recipe] = {"plain": Recipe(), "rpo": Recipe(rpo_alpha=1.0)}
+    default_recipe: str = "plain"
     heldout_every: int = 5
     join_tokens: bool = False  # True: decode by concatenating tokens (digits); False: join with spaces (words)
 
@@ -86,6 +96,10 @@ class Task:
     def gold_reward(self, prompt: str, response: str) -> float:
         raise NotImplementedError
 
+    def ceiling(self, prompt: str) -> float:
+        """The gold reward's true maximum over all responses to `prompt` (not the best some decoder found)."""
+        raise NotImplementedError
+
     def lexicon(self) -> list[str]:
         """Every word (token) the task's grammar can produce, so the tokenizer never meets an unknown one."""
         raise NotImplementedError
@@ -95,6 +109,18 @@ class Task:
         raise NotImplementedError
 
     # --- shared -------------------------------------------------------------------------------------------
+    @property
+    def recipe(self) -> Recipe:
+        """The default recipe (`recipes[default_recipe]`)."""
+        return self.recipes[self.default_recipe]
+
+    def get_recipe(self, name: str | None = None) -> Recipe:
+        """The recipe called `name` (None: the default one); ValueError for an unknown name."""
+        name = name or self.default_recipe
+        if name not in self.recipes:
+            raise ValueError(f"task {self.name!r} has no recipe {name!r}; recipes: {', '.join(self.recipes)}")
+        return self.recipes[name]
+
     def prompts(self, split: str, n: int, seed: int) -> list[str]:
         """`n` distinct prompts of `split` ('train' or 'heldout'), the same list for the same (split, n, seed)."""
         if split not in SPLITS:

@@ -50,3 +50,30 @@ def bradley_terry_label(r_a: float, r_b: float, temperature: float, rng: random.
     z = (r_a - r_b) / temperature
     p = 1.0 / (1.0 + math.exp(-z)) if z >= 0 else math.exp(z) / (1.0 + math.exp(z))
     return rng.random() < p
+
+
+Z95 = 1.959964  # two-sided 95 % normal quantile
+
+
+def wilson_interval(successes: float, n: int, z: float = Z95) -> tuple[float, float]:
+    """Wilson score interval for a binomial rate k/n:
+    (p̂ + z²/2n ± z·sqrt(p̂(1−p̂)/n + z²/4n²)) / (1 + z²/n). (nan, nan) for n = 0."""
+    if n <= 0:
+        return float("nan"), float("nan")
+    p = successes / n
+    denom = 1 + z * z / n
+    centre = (p + z * z / (2 * n)) / denom
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / denom
+    return max(0.0, centre - half), min(1.0, centre + half)
+
+
+def mean_interval(xs: Sequence[float], z: float = Z95) -> tuple[float, float, float]:
+    """(mean, lo, hi): the normal-approximation 95 % interval mean ± z·s/√n of i.i.d. values (one per prompt)."""
+    n = len(xs)
+    if n == 0:
+        raise ValueError("mean_interval of no values")
+    m = sum(xs) / n
+    if n == 1:
+        return m, m, m
+    sd = math.sqrt(sum((x - m) ** 2 for x in xs) / (n - 1))
+    return m, m - z * sd / math.sqrt(n), m + z * sd / math.sqrt(n)

@@ -55,6 +55,7 @@ class PipelineSettings:
     """Resolved settings of one run: the task's recipe, scaled down by `quick`, with explicit overrides."""
 
     task: str = DEFAULT_TASK
+    recipe: str = ""               # the task recipe's name ("plain" | "rpo"); "" resolves to the task's default
     seed: int = 0
     quick: bool = False
     sft_examples: int = 0
@@ -76,8 +77,10 @@ class PipelineSettings:
     eval_prompts: int = 0
 
     @classmethod
-    def resolve(cls, task: Task, *, seed: int = 0, quick: bool = False, **overrides) -> PipelineSettings:
-        r = asdict(task.recipe)
+    def resolve(cls, task: Task, *, seed: int = 0, quick: bool = False, recipe: str | None = None,
+                **overrides) -> PipelineSettings:
+        recipe = recipe or task.default_recipe
+        r = asdict(task.get_recipe(recipe))
         if quick:  # a few-minute run for tests: smaller everything, same recipe
             r.update(sft_examples=r["sft_examples"] // 2, sft_steps=r["sft_steps"] // 2,
                      pair_prompts=r["pair_prompts"] // 2, eval_pair_prompts=64, dpo_steps=r["dpo_steps"] // 2,
@@ -86,7 +89,7 @@ class PipelineSettings:
         if unknown:
             raise ValueError(f"unknown pipeline settings: {', '.join(sorted(unknown))}")
         r.update({k: v for k, v in overrides.items() if v is not None})
-        return cls(task=task.name, seed=seed, quick=quick, **r)
+        return cls(task=task.name, recipe=recipe, seed=seed, quick=quick, **r)
 
 
 def _complete(d: Path) -> bool:
@@ -292,6 +295,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--stage", default="all", choices=("all",) + STAGES,
                     help="run one stage (its inputs must exist) or all (default)")
     ap.add_argument("--argmax", action="store_true", help="label pairs by the higher gold reward (no BT sampling)")
+    ap.add_argument("--recipe", default=None, choices=("plain", "rpo"),
+                    help="plain DPO or DPO + NLL (RPO); default: the task's default recipe")
     for name, typ in (("k", int), ("label_temperature", float), ("beta", float), ("sft_steps", int),
                       ("dpo_steps", int), ("dpo_lr", float), ("eval_prompts", int)):
         ap.add_argument(f"--{name}", type=typ, default=None, help="override the task recipe")
@@ -300,7 +305,8 @@ def main(argv: list[str] | None = None) -> int:
                                             "eval_prompts")}
     try:
         run_pipeline(a.task, a.output_dir, seed=a.seed, quick=a.quick,
-                     stages=STAGES if a.stage == "all" else (a.stage,), argmax=a.argmax or None, **overrides)
+                     stages=STAGES if a.stage == "all" else (a.stage,), argmax=a.argmax or None, recipe=a.recipe,
+                     **overrides)
     except (ValueError, OSError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
