@@ -2,8 +2,18 @@
 
     token_logprobs(h, W, t)[n] = log softmax(h·Wᵀ + b)[n, t_n]      (0.0 where t_n == ignore_index)
 
-is all DPO needs from the LM head. `token_stats` adds, from the same pass and behind flags, the entropy of
-π and the forward KL Σ_v π_ref·(log π_ref − log π) given the reference's hidden states and head (TDPO).
+is all DPO needs from the LM head. Heads that transform their logits (Gemma-2's soft-cap, Cohere's and
+Granite's scales, a sampling temperature) are keyword options: the softmax then sees
+
+    y = c·tanh(s·z/c) / T  (softcap=c, logit_scale=s, temperature=T),  y = s·z/T without a cap,  z = h·Wᵀ + b
+
+(kernels.head.LogitHead). `token_stats` adds, from the same pass and behind flags, per token:
+
+    entropy       −Σ_v π_v·log π_v                            differentiable
+    kl            Σ_v π_ref,v·(log π_ref,v − log π_v)         differentiable in π; needs the reference's h, W (TDPO)
+    log_sum_sq    log Σ_v π_v²                                no gradient (WPO's weight)
+    mean_logit    (1/V)·Σ_v y_v                               no gradient (the logged `logits/*`)
+    is_top1       argmax_v y_v == target (first max wins)     bool
 
 Three implementations behind one signature, chosen in one place (`resolve_impl`):
   naive   — kernels.logprobs_naive: full logits + float32 log_softmax + gather; the spec and oracle;
@@ -15,6 +25,7 @@ from typing import NamedTuple, Optional
 
 import torch
 
+from kernels.head import LogitHead
 from kernels.logprobs_chunked import chunked_token_stats
 from kernels.logprobs_naive import naive_token_stats
 
@@ -23,11 +34,15 @@ _FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 
 
 class TokenStats(NamedTuple):
-    """Per-token outputs, each [N] float32 (float64 for float64 inputs), 0.0 at ignored positions."""
+    """Per-token outputs, each [N] float32 (float64 for float64 inputs; is_top1 bool), 0.0 / False at ignored
+    positions."""
 
     logps: torch.Tensor
     entropy: Optional[torch.Tensor]  # None unless entropy=True
     kl: Optional[torch.Tensor]  # None unless ref_hidden/ref_weight are given
+    log_sum_sq: Optional[torch.Tensor] = None  # None unless log_sum_sq=True
+    mean_logit: Optional[torch.Tensor] = None  # None unless mean_logit=True
+    is_top1: Optional[torch.Tensor] = None  # None unless is_top1=True
 
 
 def resolve_impl(impl: str, hidden: torch.Tensor) -> str:
@@ -85,18 +100,27 @@ def _validate(hidden, weight, targets, bias, ignore_index, ref_hidden, ref_weigh
 
 
 def token_stats(hidden, weight, targets, *, bias=None, ignore_index=-100, entropy=False,
-                ref_hidden=None, ref_weight=None, ref_bias=None, impl="auto") -> TokenStats:
-    """Selected-token log-probs, plus optional per-token entropy and forward KL, in one pass.
+                ref_hidden=None, ref_weight=None, ref_bias=None, impl="auto", softcap=None, logit_scale=1.0,
+                temperature=1.0, ref_head=None, log_sum_sq=False, mean_logit=False,
+                is_top1=False) -> TokenStats:
+    """Selected-token log-probs, plus optional per-token statistics, in one pass (see the module docstring).
 
-    hidden [N, H], weight [V, H], targets [N] (integer), bias [V] or None. With `entropy=True` also
-    −Σ_v π log π; with ref_hidden [N, H_ref] and ref_weight [V, H_ref] (ref_bias [V] optional) also
-    Σ_v π_ref·(log π_ref − log π). All differentiable w.r.t. hidden, weight and bias; the reference side is
-    a constant (no gradient flows to it). Every output is 0.0 where targets == ignore_index.
+    hidden [N, H], weight [V, H], targets [N] (integer), bias [V] or None; softcap / logit_scale / temperature
+    transform the logits (y = c·tanh(s·z/c)/T). With `entropy=True` also −Σ_v π log π; with ref_hidden [N, H_ref]
+    and ref_weight [V, H_ref] (ref_bias [V] optional; ref_head: the reference's LogitHead, default none) also
+    Σ_v π_ref·(log π_ref − log π); with log_sum_sq / mean_logit / is_top1 those. logps, entropy and kl are
+    differentiable w.r.t. hidden, weight and bias; the reference side is a constant (no gradient flows to it).
+    Every output is 0.0 (False) where targets == ignore_index.
     """
     _validate(hidden, weight, targets, bias, ignore_index, ref_hidden, ref_weight, ref_bias)
+    LogitHead(softcap, logit_scale, temperature)  # validates the transform: a clear ValueError
+    if ref_head is not None and not isinstance(ref_head, LogitHead):
+        raise ValueError(f"ref_head must be a kernels.LogitHead or None, got {type(ref_head).__name__}")
     targets = targets.long()
     kwargs = dict(bias=bias, ignore_index=ignore_index, entropy=entropy,
-                  ref_hidden=ref_hidden, ref_weight=ref_weight, ref_bias=ref_bias)
+                  ref_hidden=ref_hidden, ref_weight=ref_weight, ref_bias=ref_bias, softcap=softcap,
+                  logit_scale=logit_scale, temperature=temperature, ref_head=ref_head, log_sum_sq=log_sum_sq,
+                  mean_logit=mean_logit, is_top1=is_top1)
     impl = resolve_impl(impl, hidden)
     if impl == "naive":
         return TokenStats(*naive_token_stats(hidden, weight, targets, **kwargs))
@@ -107,10 +131,13 @@ def token_stats(hidden, weight, targets, *, bias=None, ignore_index=-100, entrop
     return TokenStats(*triton_token_stats(hidden, weight, targets, **kwargs))
 
 
-def token_logprobs(hidden, weight, targets, *, bias=None, ignore_index=-100, impl="auto") -> torch.Tensor:
-    """[N] log softmax(hidden·weightᵀ + bias)[target], 0.0 where target == ignore_index.
+def token_logprobs(hidden, weight, targets, *, bias=None, ignore_index=-100, impl="auto", softcap=None,
+                   logit_scale=1.0, temperature=1.0) -> torch.Tensor:
+    """[N] log softmax(y)[target], 0.0 where target == ignore_index, with y = hidden·weightᵀ + bias when the
+    options are off, else y = c·tanh(s·z/c)/T (softcap=c; without it s·z/T), z = hidden·weightᵀ + bias.
 
     hidden [N, H], weight [V, H], targets [N]; float32 out for fp32/bf16/fp16 inputs, float64 for float64.
     impl: "auto" (triton on CUDA, chunked otherwise), "naive", "chunked" or "triton".
     """
-    return token_stats(hidden, weight, targets, bias=bias, ignore_index=ignore_index, impl=impl).logps
+    return token_stats(hidden, weight, targets, bias=bias, ignore_index=ignore_index, impl=impl, softcap=softcap,
+                       logit_scale=logit_scale, temperature=temperature).logps

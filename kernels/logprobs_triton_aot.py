@@ -23,6 +23,7 @@ import triton
 from triton.backends.compiler import GPUTarget
 
 from kernels import logprobs_triton as lt
+from kernels.head import IDENTITY, SOFTCAP
 
 KERNELS = {"fwd": lt._fwd_kernel, "bwd_dh": lt._bwd_dh_kernel, "bwd_dw": lt._bwd_dw_kernel,
            "bwd_dz": lt._bwd_dz_kernel}
@@ -32,8 +33,9 @@ HOPPER = GPUTarget("cuda", 90, 32)
 
 
 def variants():
-    """(kernel, dtype, flags) for every kernel and dtype: all flags on (every code path), and the plain
-    DPO path (no bias, no entropy, no KL) for the tensor-core dtypes."""
+    """(kernel, dtype, flags) for every kernel and dtype: all flags on (every code path: bias, entropy, KL,
+    soft-capped heads on both sides, and the forward's log Σp², mean logit and is-top-1), and the plain DPO
+    path (no bias, no entropy, no KL, an untransformed head) for the tensor-core dtypes."""
     for name in KERNELS:
         for dt in DTYPES:
             yield name, dt, "all"
@@ -47,7 +49,11 @@ def compile_for_hopper(name: str, dtype: str, flags: str = "all", block_ho: int 
     on = flags == "all"
     blocks = dict(lt.FWD_BLOCKS if name == "fwd" else lt.BWD_BLOCKS)
     options = {"num_warps": blocks.pop("num_warps"), "num_stages": blocks.pop("num_stages")}
-    constexprs = dict(HAS_BIAS=on, ENTROPY=on, KL=on, REF_HAS_BIAS=on, UPCAST=False, PREC=DTYPES[dtype], **blocks)
+    head = SOFTCAP if on else IDENTITY
+    constexprs = dict(HAS_BIAS=on, ENTROPY=on, KL=on, REF_HAS_BIAS=on, HEAD=head, REF_HEAD=head, UPCAST=False,
+                      PREC=DTYPES[dtype], **blocks)
+    if name == "fwd":
+        constexprs.update(LSQ=on, MEAN=on, TOP1=on)
     if name in ("bwd_dh", "bwd_dw"):
         constexprs["BLOCK_HO"] = block_ho
     signature = {}
@@ -56,10 +62,12 @@ def compile_for_hopper(name: str, dtype: str, flags: str = "all", block_ho: int 
             signature[arg] = "constexpr"
         elif arg == "t_ptr":
             signature[arg] = "*i64"
+        elif arg == "top1_ptr":
+            signature[arg] = "*i8"
         elif arg in INPUT_PTRS:
             signature[arg] = "*" + dtype
         elif arg.endswith("_ptr"):
-            signature[arg] = "*fp32"  # outputs, saved lse and incoming gradients: fp32
+            signature[arg] = "*fp32"  # outputs, saved lse, incoming gradients and head factors: fp32
         else:
             signature[arg] = "i32"
     src = triton.compiler.ASTSource(fn=kernel, signature=signature, constexprs=constexprs)

@@ -1,17 +1,20 @@
-"""Kernel tests run Triton in its CPU interpreter.
+"""Kernel tests run Triton compiled on a CUDA machine and in its CPU interpreter everywhere else.
 
-TRITON_INTERPRET must be set before `kernels.logprobs_triton` decorates its kernels (the `kernels` package
-imports Triton lazily, only when impl="triton" is asked for, so this takes effect however the session's
-imports are ordered). It changes nothing else: only @triton.jit functions read it, and only ours exist.
+Without a CUDA device, TRITON_INTERPRET=1 is set before `kernels.logprobs_triton` decorates its kernels (the
+`kernels` package imports Triton lazily, only when impl="triton" is asked for, so this takes effect however the
+session's imports are ordered). With one, it is left alone, so the same tests run the compiled kernels on the
+GPU. It changes nothing else: only @triton.jit functions read it, and only ours exist.
 """
 
 import os
 
-os.environ.setdefault("TRITON_INTERPRET", "1")
+import torch
+
+if not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")
 os.environ.setdefault("TRITON_DEFAULT_FP_FUSION", "1")  # Triton 3.9's default, stated to silence its warning
 
 import pytest  # noqa: E402
-import torch  # noqa: E402
 
 
 @pytest.fixture
