@@ -5,7 +5,8 @@ import math
 import pytest
 import torch
 
-from search.mcts import MCTSParams, commit, mcts, simulate, start
+from search.kvpool import SearchMemoryError
+from search.mcts import MCTSParams, check_mcts_memory, commit, expected_live_slots, mcts, simulate, start
 from search.sampling import greedy
 from search.scorer import ForwardCounter, PairScorer
 
@@ -110,18 +111,6 @@ def test_one_simulation_top1_is_greedy(scorer, tokenizer, make_prompts):
     assert [d.token_ids for d in ours] == [d.token_ids for d in ref]
 
 
-def test_cache_reuse_equals_reencoding(scorer, tokenizer, make_prompts):
-    """The cached search and the re-encoding baseline make the same decisions; the cache runs fewer positions."""
-    prompts = make_prompts(3, seed=32)
-    kw = dict(max_new_tokens=8, eos_token_id=tokenizer.eos_token_id, simulations=4, topk=3, rollout_len=2)
-    cached = mcts(scorer, prompts, reuse_cache=True, **kw)
-    fresh = mcts(scorer, prompts, reuse_cache=False, **kw)
-    assert [d.token_ids for d in cached] == [d.token_ids for d in fresh]
-    for c, f in zip(cached, fresh):
-        assert c.token_rewards == pytest.approx(f.token_rewards, abs=1e-5)
-        assert c.forward_tokens < f.forward_tokens
-
-
 def test_forward_tokens_count_evaluations(tree_scorer):
     """Cached, no rollout: the prefill (1 position × 2 models) plus 2 per evaluated leaf."""
     p = MCTSParams(max_new_tokens=3, eos_token_id=EOS, simulations=10, topk=4)
@@ -147,3 +136,78 @@ def test_leaf_batch_spreads_one_round_over_distinct_leaves(tree_scorer):
     assert [c.visits for c in tree.root.children] == [1, 1] and tree.root.visits == 3
     assert all(c.children is not None for c in tree.root.children)
     assert s.counter.per_prompt == [2 + 4]
+
+
+def _walk(node):
+    stack = [node]
+    while stack:
+        n = stack.pop()
+        yield n
+        stack.extend(n.children or [])
+
+
+@pytest.mark.parametrize("leaf_batch,rollout_len", [(1, 0), (3, 0), (1, 2), (3, 2)])
+def test_node_local_kv_equals_reencoding(eos_policy, reference, tokenizer, make_prompts, leaf_batch, rollout_len):
+    """The pooled-KV search and the re-encoding oracle run the same search code, so whatever the search rules,
+    they must build the same trees and commit the same tokens: tokens equal, per-token rewards within 1e-5,
+    and after a round of simulations every node's token, visits, prior and reward agree."""
+    scorer = PairScorer(eos_policy, reference, beta=0.3, pad_token_id=tokenizer.pad_token_id)
+    prompts = make_prompts(3, seed=33 + leaf_batch + rollout_len)
+    kw = dict(max_new_tokens=6, eos_token_id=tokenizer.eos_token_id, simulations=5, topk=3,
+              rollout_len=rollout_len, leaf_batch=leaf_batch)
+    cached = mcts(scorer, prompts, reuse_cache=True, **kw)
+    fresh = mcts(scorer, prompts, reuse_cache=False, **kw)
+    assert [d.token_ids for d in cached] == [d.token_ids for d in fresh]
+    for c, f in zip(cached, fresh):
+        assert c.token_rewards == pytest.approx(f.token_rewards, abs=1e-5)
+        assert c.forward_tokens < f.forward_tokens
+    trees = {}
+    for reuse in (True, False):
+        p = MCTSParams(max_new_tokens=6, eos_token_id=tokenizer.eos_token_id, simulations=5, topk=3,
+                       rollout_len=rollout_len, reuse_cache=reuse)
+        s, ts = start(scorer, prompts, p, leaf_batch)
+        for _ in range(2):  # two commits: the second round starts from a kept subtree
+            while any(not t.done and t.simulations < p.simulations for t in ts):
+                simulate(s, ts, n=leaf_batch)
+            commit(ts, s.pool)
+        trees[reuse] = ts
+    for a, b in zip(trees[True], trees[False]):
+        na, nb = list(_walk(a.root)), list(_walk(b.root))
+        assert [n.token for n in na] == [n.token for n in nb]
+        assert [n.visits for n in na] == [n.visits for n in nb]
+        assert [n.prior for n in na] == pytest.approx([n.prior for n in nb], abs=1e-5)
+        assert [n.reward for n in na] == pytest.approx([n.reward for n in nb], abs=1e-5)
+
+
+def test_pool_holds_only_live_nodes_and_nodes_hold_no_tensors(scorer, tokenizer, make_prompts):
+    """After every commit the pool's live slots are exactly the prompt tokens, the evaluated committed tokens
+    and the evaluated nodes under the roots (dropped subtrees and rollouts freed); at the end, none. Nodes keep
+    only Python scalars and lists — no V-sized row survives an expansion."""
+    prompts = make_prompts(3, seed=35)
+    p = MCTSParams(max_new_tokens=6, eos_token_id=tokenizer.eos_token_id, simulations=5, topk=3, rollout_len=2)
+    s, trees = start(scorer, prompts, p, leaf_batch=2)
+    while not all(t.done for t in trees):
+        while any(not t.done and t.simulations < p.simulations for t in trees):
+            simulate(s, trees, n=2)
+        commit(trees, s.pool)
+        if all(t.done for t in trees):
+            break
+        expected = 0
+        for t in trees:
+            below = sum(n.slot >= 0 for n in _walk(t.root) if n is not t.root)
+            expected += len(t.prompt) + sum(n.slot >= 0 for n in t.committed) + below
+        assert s.pool.live == expected
+        for t in trees:
+            for n in _walk(t.root):
+                assert not any(torch.is_tensor(v) for v in vars(n).values())
+    assert s.pool.live == 0
+    assert s.pool.peak_live <= expected_live_slots([len(x) for x in prompts], 6, 5, 2, 2)
+
+
+def test_memory_guard_refuses_with_a_batch_size_hint(policy, reference):
+    need = check_mcts_memory(policy, reference, [40] * 8, max_new_tokens=32, simulations=16, available=2**40)
+    kv = 2 * policy.config.num_hidden_layers * 2 * policy.config.num_key_value_heads * (
+        policy.config.hidden_size // policy.config.num_attention_heads) * 4  # two models, fp32
+    assert need >= 8 * (40 + 32) * kv  # at least every prompt and committed token's K/V
+    with pytest.raises(SearchMemoryError, match="--batch_size"):
+        check_mcts_memory(policy, reference, [40] * 8, max_new_tokens=32, simulations=16, available=need - 1)
