@@ -1,4 +1,4 @@
-"""DPO-family preference losses: pure functions of summed sequence log-probs.
+"""DPO-family preference losses: pure functions of summed sequence log-probs, found through a registry.
 
 Every loss here takes, per preference pair b, the policy's and the reference's summed log-probs of the chosen
 (y_w) and rejected (y_l) responses — tensors of shape [B] — and returns `(losses, chosen_rewards,
@@ -8,32 +8,431 @@ Notation used in the docstrings (all per pair):
 
     π_c, π_r     policy      Σ_t log π(y_t | x, y_<t)     over the chosen / rejected response tokens
     ref_c, ref_r reference   Σ_t log π_ref(y_t | x, y_<t)
-    h            (π_c − π_r) − (ref_c − ref_r)           the DPO log-ratio margin
+    ρ_c, ρ_r     log-ratios  π_c − ref_c, π_r − ref_r
+    r_c, r_r     rewards     β·ρ_c, β·ρ_r  (the implicit rewards)
+    s_c, s_r     scores      f'(π/π_ref) of the f-divergence regulariser, written in ρ; s = ρ for the default
+                             reverse KL (plain DPO)
+    h            s_c − s_r   the DPO margin; (π_c − π_r) − (ref_c − ref_r) under reverse KL
     |y_c|, |y_r| response lengths in tokens (the positions whose labels are not masked, EOS included)
     σ            the logistic function; −log σ(z) = softplus(−z) is computed stably by `F.logsigmoid`
+    ε            `label_smoothing`
 
-Rewards: every loss with a reference returns the implicit reward of the whole sequence,
-r = β·(π − ref) (`kernels.rewards.implicit_reward`, the project's one definition), with its graph attached —
-the training loop detaches them for logging. SimPO has no reference; it returns its own reward
-β·π/|y| (see `preference_loss`).
+The registry `LOSSES` maps each loss type to its function and to what it needs, as data (`LossSpec`): the
+reference log-probs, the response lengths, the sequential KLs of TDPO, whether it accepts an f-divergence,
+what label smoothing means for it. The training loop reads those needs (`loss_needs`) rather than naming
+losses. Names and conventions follow TRL 1.16's `DPOTrainer` (its `loss_type`, `loss_weights`,
+`f_divergence_type`, `f_alpha_divergence_coef`, `ld_alpha`, `use_weighting`, `discopop_tau`), plus TDPO and
+SimPO, which TRL's DPOTrainer lacks. The one deliberate difference: our `sigmoid` keeps conservative-DPO label
+smoothing (TRL 1.x dropped it from `sigmoid`).
+
+Options that act on every loss of a call:
+
+* mixtures — `loss_type="a,b"` (or a sequence) with `loss_weights` (default all 1, as TRL):
+  L = Σ_k w_k·L_k per pair (MPO-style, https://arxiv.org/abs/2411.10442 uses TRL's mixtures);
+* `f_divergence` — Wang et al. 2023, "Beyond Reverse KL: Generalizing DPO with Diverse Divergence
+  Constraints" (https://arxiv.org/abs/2309.16240): the log-ratio ρ of each response becomes s = f'(e^ρ):
+      reverse_kl        s = ρ                          (DPO)
+      forward_kl        s = 1 − e^{−ρ}
+      js_divergence     s = log 2 + log σ(ρ)           (= log(2t/(1+t)), t = e^ρ)
+      alpha_divergence  s = (e^{(α−1)ρ} − 1)/(α − 1),  α = `f_alpha` (α = 1 is reverse KL); (α−1)ρ is clamped
+                        at 80 so e^{(α−1)ρ} stays finite in fp32, as TRL does.
+  The β·log Z(x) term of the reparameterisation cancels only in the chosen − rejected difference, so only the
+  losses built on h accept it (`LossSpec.f_divergence`); rewards stay β·ρ.
+* `ld_alpha` — LD-DPO, Liu et al. 2024, "Length Desensitization in Direct Preference Optimization"
+  (https://arxiv.org/abs/2409.06411): with ℓ = min(|y_c|, |y_r|) the shared length of the pair, every summed
+  log-prob (policy and reference) becomes Σ_{t<ℓ} log p_t + α_ld·Σ_{t≥ℓ} log p_t, so the tokens past the
+  shorter response count α_ld ∈ [0, 1]. Needs the per-token log-probs (`*_token_logps`). `sft` and the WPO
+  weights keep the plain sums, as in TRL.
+* `use_weighting` — WPO, Zhou et al. 2024, "WPO: Enhancing RLHF with Weighted Preference Optimization"
+  (https://arxiv.org/abs/2406.11827, Eq. 2): each pair's loss is scaled by the detached weight
+      w = exp((π_c − Q_c)/|y_c|) · exp((π_r − Q_r)/|y_r|),   Q = Σ_t log Σ_v π(v|s_t)²
+  (the length-normalised probability of the response, aligned by the policy's own sampling probability).
+  Needs Q per response (`chosen_log_sum_sq`, `rejected_log_sum_sq`), from the fused kernel, never from logits.
+
+Rewards: every loss with a reference returns the implicit reward of the whole sequence, r = β·(π − ref)
+(`kernels.rewards.implicit_reward`, the project's one definition; under `ld_alpha`, of the desensitised sums),
+with its graph attached — the training loop detaches them for logging. SimPO has no reference; it returns its
+own reward β·π/|y|.
 
 The optional SFT term of RPO (Pang et al. 2024, https://arxiv.org/abs/2404.19733) is `sft_loss`; the training
-loop adds `rpo_alpha · sft_loss(...)` to the mean preference loss.
+loop adds `rpo_alpha · sft_loss(...)` to the mean preference loss. The `sft` loss type is the same quantity
+inside a mixture.
 """
 
 from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Callable, NamedTuple, Sequence
 
 import torch
 import torch.nn.functional as F
 
 from kernels.rewards import implicit_reward
 
-LOSS_TYPES = ("sigmoid", "robust", "ipo", "hinge", "tdpo1", "tdpo2", "simpo")
+F_DIVERGENCES = ("reverse_kl", "forward_kl", "js_divergence", "alpha_divergence")
 
-# Inputs each loss type needs beyond the four log-prob tensors, and where label smoothing means something.
-_NEEDS_LENGTHS = ("ipo", "simpo")
-_NEEDS_KL = ("tdpo1", "tdpo2")
-_USES_LABEL_SMOOTHING = ("sigmoid", "robust", "simpo")
+
+class Interval(NamedTuple):
+    """Allowed label smoothing ε for a loss: low ≤ ε ≤ high, with either end open."""
+
+    low: float
+    high: float
+    low_open: bool = False
+    high_open: bool = False
+
+    def __contains__(self, x: float) -> bool:  # type: ignore[override]
+        above = x > self.low if self.low_open else x >= self.low
+        below = x < self.high if self.high_open else x <= self.high
+        return above and below
+
+    def __str__(self) -> str:
+        return f"{'(' if self.low_open else '['}{self.low:g}, {self.high:g}{')' if self.high_open else ']'}"
+
+
+@dataclass
+class LossInputs:
+    """What one loss function sees, per pair ([B] tensors, in the math dtype). See the module notation."""
+
+    beta: float
+    eps: float  # label smoothing
+    alpha: float  # TDPO2
+    gamma: float  # SimPO
+    discopop_tau: float
+    pi_c: torch.Tensor  # policy sums (LD-desensitised under ld_alpha)
+    pi_r: torch.Tensor
+    ref_c: torch.Tensor | None
+    ref_r: torch.Tensor | None
+    s_c: torch.Tensor | None  # f-divergence scores of the log-ratios
+    s_r: torch.Tensor | None
+    len_c: torch.Tensor | None
+    len_r: torch.Tensor | None
+    kl_c: torch.Tensor | None
+    kl_r: torch.Tensor | None
+    plain_pi_c: torch.Tensor  # plain (never desensitised) chosen sums: the SFT term
+
+    @property
+    def rho_c(self) -> torch.Tensor:
+        return self.pi_c - self.ref_c
+
+    @property
+    def rho_r(self) -> torch.Tensor:
+        return self.pi_r - self.ref_r
+
+
+@dataclass(frozen=True)
+class LossSpec:
+    """One loss type: its function (LossInputs -> [B] losses) and, as data, what it needs and accepts."""
+
+    fn: Callable[[LossInputs], torch.Tensor]
+    reference: bool = True  # reference log-probs (for the loss or its implicit rewards)
+    lengths: bool = False  # response token counts
+    kl: bool = False  # sequential KLs Σ_t KL(π_ref ‖ π): the reference's hidden states and LM head
+    f_divergence: bool = False  # built on the chosen − rejected score difference h
+    label_smoothing: Interval | None = None  # the ε it accepts (None: ε has no meaning for it)
+    needs_label_smoothing: bool = False  # ε = 0 is undefined (EXO's log ε)
+    batch_coupled: bool = False  # pairs interact (sorting): per-pair WPO weights do not apply
+
+
+@dataclass(frozen=True)
+class LossNeeds:
+    """Inputs a call of `preference_loss` needs beyond the four summed log-prob tensors."""
+
+    reference: bool
+    lengths: bool
+    kl: bool
+    token_logps: bool  # per-token log-probs of policy and reference (LD-DPO)
+    log_sum_sq: bool  # Σ_t log Σ_v p_v² of each response (WPO)
+
+
+# --------------------------------------------------------------------------------------------- the losses
+
+
+def _smoothed_logistic(z: torch.Tensor, eps: float) -> torch.Tensor:
+    """−(1−ε)·log σ(z) − ε·log σ(−z): the logistic loss with labels flipped at rate ε."""
+    return -(1 - eps) * F.logsigmoid(z) - eps * F.logsigmoid(-z)
+
+
+def _sigmoid(x: LossInputs) -> torch.Tensor:
+    r"""DPO, Rafailov et al. 2023 (https://arxiv.org/abs/2305.18290, Eq. 7); with ε > 0 the conservative DPO of
+    Mitchell 2023 (https://ericmitchell.ai/cdpo.pdf):  L = −(1−ε)·log σ(βh) − ε·log σ(−βh),  0 ≤ ε ≤ 0.5."""
+    return _smoothed_logistic(x.beta * (x.s_c - x.s_r), x.eps)
+
+
+def _robust(x: LossInputs) -> torch.Tensor:
+    r"""Chowdhury et al. 2024, "Provably Robust DPO" (https://arxiv.org/abs/2403.00409): the unbiased estimate
+    of the clean-label loss under label-flip rate ε, as TRL's `robust`:
+        L = [(1−ε)·(−log σ(βh)) − ε·(−log σ(−βh))] / (1 − 2ε),   0 ≤ ε < 0.5.
+    (It can be negative for a single pair; only its expectation is the clean loss.)"""
+    z = x.beta * (x.s_c - x.s_r)
+    return ((1 - x.eps) * -F.logsigmoid(z) - x.eps * -F.logsigmoid(-z)) / (1 - 2 * x.eps)
+
+
+def _ipo(x: LossInputs) -> torch.Tensor:
+    r"""IPO, Azar et al. 2023 (https://arxiv.org/abs/2310.12036, Eq. 17) with TRL's per-token convention (β is
+    τ):  h̄ = s_c/|y_c| − s_r/|y_r|,  L = (h̄ − 1/(2β))².  Per-token means, so the square does not grow with
+    the response length."""
+    h_bar = x.s_c / x.len_c - x.s_r / x.len_r
+    return (h_bar - 1 / (2 * x.beta)) ** 2
+
+
+def _hinge(x: LossInputs) -> torch.Tensor:
+    r"""SLiC-style hinge (Zhao et al. 2023, https://arxiv.org/abs/2305.10425):  L = max(0, 1 − βh)."""
+    return torch.relu(1 - x.beta * (x.s_c - x.s_r))
+
+
+def _tdpo(x: LossInputs, second: bool) -> torch.Tensor:
+    r"""TDPO1/TDPO2, Zeng et al. 2024, "Token-level Direct Preference Optimization"
+    (https://arxiv.org/abs/2404.11999; official code https://github.com/Vance0124/Token-level-Direct-Preference-Optimization,
+    `tdpo_loss`). With u = βh and D_c, D_r the sequential KLs Σ_t KL(π_ref(·|x, y_<t) ‖ π(·|x, y_<t)):
+        TDPO1:  δ  = β·D_r − β·D_c,          L = −log σ(u − δ)
+        TDPO2:  δ₂ = β·D_r − sg(β·D_c),      L = −log σ(u − α·δ₂)
+    sg is stop-gradient (`detach`). α is a TDPO2-only knob: TDPO1 has none (paper and official code agree). The
+    official code logs rewards β·(π − ref + D); here the rewards are the plain implicit rewards β·(π − ref)."""
+    u = x.beta * (x.rho_c - x.rho_r)
+    if second:  # sg on the chosen KL: the paper stops its gradient for stability; α scales the KL margin
+        delta = x.alpha * (x.beta * x.kl_r - x.beta * x.kl_c.detach())
+    else:
+        delta = x.beta * x.kl_r - x.beta * x.kl_c
+    return -F.logsigmoid(u - delta)
+
+
+def _simpo(x: LossInputs) -> torch.Tensor:
+    r"""SimPO, Meng et al. 2024 (https://arxiv.org/abs/2405.14734), reference-free and length-normalised, with
+    TRL CPOTrainer's optional label smoothing:
+        z = β·π_c/|y_c| − β·π_r/|y_r| − γ,   L = −(1−ε)·log σ(z) − ε·log σ(−z).
+    γ is the margin on the reward scale, as in the paper and TRL's `simpo_gamma` (TRL writes β·(Δ − γ/β), the
+    same number); the official SimPO repo sets `gamma_beta_ratio` = γ/β instead — pass gamma = beta ·
+    gamma_beta_ratio to reproduce its configs. Its rewards are β·π/|y| (see `_simpo_rewards`)."""
+    r_c, r_r = _simpo_rewards(x)
+    return _smoothed_logistic(r_c - r_r - x.gamma, x.eps)
+
+
+def _simpo_rewards(x: LossInputs) -> tuple[torch.Tensor, torch.Tensor]:
+    """SimPO's reward: β · mean per-token log-prob, i.e. the implicit reward against a zero reference."""
+    avg_c, avg_r = x.pi_c / x.len_c, x.pi_r / x.len_r
+    return implicit_reward(avg_c, torch.zeros_like(avg_c), x.beta), implicit_reward(avg_r, torch.zeros_like(avg_r), x.beta)
+
+
+def _exo_pair(x: LossInputs) -> torch.Tensor:
+    r"""EXO-pref, Ji et al. 2024, "Towards Efficient Exact Optimization of Language Model Alignment"
+    (https://arxiv.org/abs/2402.00856, Eq. 16 with K = 2): the reverse KL from the model's preference
+    distribution q = softmax over {chosen, rejected} of β·ρ, i.e. q_w = σ(βh), q_l = σ(−βh), to the label
+    distribution p = (1 − ε, ε):
+        L = q_w·(log q_w − log(1 − ε)) + q_l·(log q_l − log ε),   0 < ε < 1 (the paper suggests ε = 1e-3)."""
+    z = x.beta * (x.s_c - x.s_r)
+    return (torch.sigmoid(z) * (F.logsigmoid(z) - math.log1p(-x.eps))
+            + torch.sigmoid(-z) * (F.logsigmoid(-z) - math.log(x.eps)))
+
+
+def _nca_pair(x: LossInputs) -> torch.Tensor:
+    r"""NCA, Chen et al. 2024, "Noise Contrastive Alignment of Language Models with Explicit Rewards"
+    (https://arxiv.org/abs/2402.05369), pairwise form as TRL's `nca_pair`: absolute, not relative, rewards —
+        L = −log σ(r_c) − ½·log σ(−r_c) − ½·log σ(−r_r)."""
+    r_c, r_r = x.beta * x.rho_c, x.beta * x.rho_r
+    return -F.logsigmoid(r_c) - 0.5 * F.logsigmoid(-r_c) - 0.5 * F.logsigmoid(-r_r)
+
+
+def _bco_pair(x: LossInputs) -> torch.Tensor:
+    r"""BCO, Jung et al. 2024, "Binary Classifier Optimization for Large Language Model Alignment"
+    (https://arxiv.org/abs/2404.04656), paired and without the running reward shift, as TRL's `bco_pair`: a
+    binary classifier with logit r, chosen = 1, rejected = 0:   L = −log σ(r_c) − log σ(−r_r)."""
+    return -F.logsigmoid(x.beta * x.rho_c) - F.logsigmoid(-x.beta * x.rho_r)
+
+
+def _sppo_hard(x: LossInputs) -> torch.Tensor:
+    r"""SPPO, Wu et al. 2024, "Self-Play Preference Optimization for Language Model Alignment"
+    (https://arxiv.org/abs/2405.00675, Eq. 4.7) with hard win probabilities (1 for the chosen, 0 for the
+    rejected), as TRL's `sppo_hard`:   L = (ρ_c − 1/(2β))² + (ρ_r + 1/(2β))²."""
+    return (x.rho_c - 0.5 / x.beta) ** 2 + (x.rho_r + 0.5 / x.beta) ** 2
+
+
+def _aot(x: LossInputs) -> torch.Tensor:
+    r"""AOT, Melnyk et al. 2024, "Distributional Preference Alignment of LLMs via Optimal Transport"
+    (https://arxiv.org/abs/2406.05882), paired: first-order stochastic dominance of the policy's margins over
+    the reference's, through the 1-D optimal transport plan, i.e. sorting across the batch. With
+    m = sort_b(π_c − π_r) and m_ref = sort_b(ref_c − ref_r) (ascending), the b-th loss is the smoothed
+    logistic loss of Δ_b = m_b − m_ref,b:   L_b = −(1−ε)·log σ(βΔ_b) − ε·log σ(−βΔ_b).
+    Loss b is therefore not pair b's own loss: only the batch mean has meaning."""
+    m = torch.sort(x.pi_c - x.pi_r).values
+    m_ref = torch.sort(x.ref_c - x.ref_r).values
+    return _smoothed_logistic(x.beta * (m - m_ref), x.eps)
+
+
+def _aot_unpaired(x: LossInputs) -> torch.Tensor:
+    r"""AOT, unpaired (same paper): the chosen log-ratios must dominate the rejected ones as distributions, so
+    each is sorted on its own:  Δ = sort_b(ρ_c) − sort_b(ρ_r),  L_b = −(1−ε)·log σ(βΔ_b) − ε·log σ(−βΔ_b)."""
+    delta = torch.sort(x.rho_c).values - torch.sort(x.rho_r).values
+    return _smoothed_logistic(x.beta * delta, x.eps)
+
+
+def _apo_zero(x: LossInputs) -> torch.Tensor:
+    r"""APO-zero, D'Oosterlinck et al. 2024, "Anchored Preference Optimization and Contrastive Revisions"
+    (https://arxiv.org/abs/2408.06266, Eq. 7), for chosen responses better than the model's own:
+    raise the chosen likelihood, lower the rejected one —   L = (1 − σ(r_c)) + σ(r_r)."""
+    return 1 - torch.sigmoid(x.beta * x.rho_c) + torch.sigmoid(x.beta * x.rho_r)
+
+
+def _apo_down(x: LossInputs) -> torch.Tensor:
+    r"""APO-down (same paper, Eq. 8), for chosen responses worse than the model's own: lower both likelihoods,
+    the rejected one more —   L = σ(r_c) + (1 − σ(r_c − r_r))."""
+    return torch.sigmoid(x.beta * x.rho_c) + 1 - torch.sigmoid(x.beta * (x.rho_c - x.rho_r))
+
+
+def _discopop(x: LossInputs) -> torch.Tensor:
+    r"""DiscoPOP (log-ratio modulated loss), Lu et al. 2024, "Discovering Preference Optimization Algorithms
+    with and for Large Language Models" (https://arxiv.org/abs/2406.08414, Eq. 5): with z = βh and the
+    temperature τ = `discopop_tau`, a blend of the logistic and exponential losses —
+        m = σ(z/τ),   L = (1 − m)·(−log σ(z)) + m·e^{−z}."""
+    z = x.beta * (x.s_c - x.s_r)
+    m = torch.sigmoid(z / x.discopop_tau)
+    return (1 - m) * -F.logsigmoid(z) + m * torch.exp(-z)
+
+
+def _sft(x: LossInputs) -> torch.Tensor:
+    r"""SFT (negative log-likelihood of the chosen responses), as TRL's `sft` loss type and RPO's term
+    (Pang et al. 2024, https://arxiv.org/abs/2404.19733): the token-weighted mean over the batch,
+        L_b = −Σ_b' π_c[b'] / Σ_b' |y_c[b']|   for every pair b
+    (the batch's value repeated per pair, as TRL does, so mixtures and WPO weights treat it as TRL does). Uses
+    the plain summed log-probs even under `ld_alpha`."""
+    value = -x.plain_pi_c.sum() / x.len_c.sum()
+    return value.expand(x.plain_pi_c.shape[0])
+
+
+def _sigmoid_norm(x: LossInputs) -> torch.Tensor:
+    r"""Length-normalised DPO (TRL's `sigmoid_norm`; the "LN-DPO" baseline discussed with SimPO,
+    https://arxiv.org/abs/2405.14734): DPO on per-token mean scores —
+        h̄ = s_c/|y_c| − s_r/|y_r|,   L = −log σ(βh̄)."""
+    return -F.logsigmoid(x.beta * (x.s_c / x.len_c - x.s_r / x.len_r))
+
+
+_SMOOTH_HALF = Interval(0.0, 0.5)
+LOSSES: dict[str, LossSpec] = {
+    "sigmoid": LossSpec(_sigmoid, f_divergence=True, label_smoothing=_SMOOTH_HALF),
+    "robust": LossSpec(_robust, f_divergence=True, label_smoothing=Interval(0.0, 0.5, high_open=True)),
+    "ipo": LossSpec(_ipo, lengths=True, f_divergence=True),
+    "hinge": LossSpec(_hinge, f_divergence=True),
+    "tdpo1": LossSpec(lambda x: _tdpo(x, second=False), kl=True),
+    "tdpo2": LossSpec(lambda x: _tdpo(x, second=True), kl=True),
+    "simpo": LossSpec(_simpo, reference=False, lengths=True, label_smoothing=_SMOOTH_HALF),
+    "exo_pair": LossSpec(_exo_pair, f_divergence=True, label_smoothing=Interval(0.0, 1.0, True, True),
+                         needs_label_smoothing=True),
+    "nca_pair": LossSpec(_nca_pair),
+    "bco_pair": LossSpec(_bco_pair),
+    "sppo_hard": LossSpec(_sppo_hard),
+    "aot": LossSpec(_aot, label_smoothing=_SMOOTH_HALF, batch_coupled=True),
+    "aot_unpaired": LossSpec(_aot_unpaired, label_smoothing=_SMOOTH_HALF, batch_coupled=True),
+    "apo_zero": LossSpec(_apo_zero),
+    "apo_down": LossSpec(_apo_down),
+    "discopop": LossSpec(_discopop, f_divergence=True),
+    "sft": LossSpec(_sft, lengths=True, f_divergence=True),  # TRL accepts f_divergence with sft (unused by it)
+    "sigmoid_norm": LossSpec(_sigmoid_norm, lengths=True, f_divergence=True),
+}
+LOSS_TYPES = tuple(LOSSES)
+
+
+# --------------------------------------------------------------------------------------------- options
+
+
+def parse_loss_types(loss_type: str | Sequence[str]) -> tuple[str, ...]:
+    """'a,b,c' (or a sequence of names) -> ('a', 'b', 'c'), each a registered loss type, no repeats."""
+    names = [n.strip() for n in loss_type.split(",")] if isinstance(loss_type, str) else [str(n).strip() for n in loss_type]
+    names = [n for n in names if n]
+    if not names:
+        raise ValueError(f"loss_type is empty; valid loss types: {', '.join(LOSS_TYPES)}")
+    for name in names:
+        if name not in LOSSES:
+            raise ValueError(f"unknown loss_type {name!r}; valid loss types: {', '.join(LOSS_TYPES)}")
+    repeated = sorted({n for n in names if names.count(n) > 1})
+    if repeated:
+        raise ValueError(f"loss_type lists {', '.join(repeated)} more than once; give each loss once and set "
+                         f"its weight with loss_weights")
+    if len(names) > 1 and any(not LOSSES[n].reference for n in names):
+        raise ValueError(f"loss_type {','.join(names)}: reference-free 'simpo' cannot be mixed with other losses "
+                         f"(its rewards are β·π/|y|, theirs β·(π − π_ref)); use rpo_alpha for SimPO + SFT")
+    return tuple(names)
+
+
+def loss_needs(loss_type: str | Sequence[str], *, ld_alpha: float | None = None,
+               use_weighting: bool = False) -> LossNeeds:
+    """What `preference_loss(loss_type=..., ld_alpha=..., use_weighting=...)` needs, merged over a mixture."""
+    specs = [LOSSES[n] for n in parse_loss_types(loss_type)]
+    return LossNeeds(
+        reference=any(s.reference for s in specs),
+        lengths=any(s.lengths for s in specs) or ld_alpha is not None or use_weighting,
+        kl=any(s.kl for s in specs),
+        token_logps=ld_alpha is not None,
+        log_sum_sq=use_weighting,
+    )
+
+
+def check_options(loss_type: str | Sequence[str], *, beta: float = 0.1, label_smoothing: float = 0.0,
+                  loss_weights: Sequence[float] | None = None, f_divergence: str = "reverse_kl",
+                  f_alpha: float = 0.5, discopop_tau: float = 0.05, ld_alpha: float | None = None,
+                  use_weighting: bool = False) -> tuple[tuple[str, ...], tuple[float, ...]]:
+    """Validate a loss configuration; returns (loss names, their weights). Raises ValueError naming the option.
+
+    Shared by `preference_loss` and the config validation of the training CLI, so both refuse the same things.
+    """
+    names = parse_loss_types(loss_type)
+    if not (isinstance(beta, (int, float)) and beta > 0 and math.isfinite(beta)):
+        raise ValueError(f"beta must be > 0, got {beta}")
+    if loss_weights is None:
+        weights = (1.0,) * len(names)
+    else:
+        weights = tuple(float(w) for w in loss_weights)
+        if len(weights) != len(names):
+            raise ValueError(f"loss_weights has {len(weights)} values for {len(names)} loss types "
+                             f"({','.join(names)}); give one weight per loss type")
+        if not all(math.isfinite(w) and w >= 0 for w in weights):
+            raise ValueError(f"loss_weights must be finite and >= 0, got {list(weights)}")
+    _check_label_smoothing(names, label_smoothing)
+    if f_divergence not in F_DIVERGENCES:
+        raise ValueError(f"unknown f_divergence {f_divergence!r}; valid: {', '.join(F_DIVERGENCES)}")
+    if f_divergence != "reverse_kl":
+        refused = [n for n in names if not LOSSES[n].f_divergence]
+        if refused:
+            accepted = ", ".join(n for n, s in LOSSES.items() if s.f_divergence)
+            raise ValueError(
+                f"f_divergence={f_divergence!r} is defined only for losses built on the chosen − rejected score "
+                f"difference ({accepted}); {', '.join(refused)} would keep a β·log Z(x) term. Use the default "
+                f"reverse_kl with {'it' if len(refused) == 1 else 'them'}")
+    if not math.isfinite(f_alpha):
+        raise ValueError(f"f_alpha must be finite, got {f_alpha}")
+    if not discopop_tau > 0:
+        raise ValueError(f"discopop_tau must be > 0, got {discopop_tau}")
+    if ld_alpha is not None and not 0 <= ld_alpha <= 1:
+        raise ValueError(f"ld_alpha must be in [0, 1] (1 = plain sums, 0 = only the shared length counts), "
+                         f"got {ld_alpha}")
+    if use_weighting:
+        coupled = [n for n in names if LOSSES[n].batch_coupled]
+        if coupled:
+            raise ValueError(f"use_weighting (WPO) weights each pair, but {', '.join(coupled)} sorts across the "
+                             f"batch, so its losses belong to no pair; drop one of them")
+    return names, weights
+
+
+def _check_label_smoothing(names: tuple[str, ...], eps: float) -> None:
+    for n in names:
+        spec = LOSSES[n]
+        if spec.needs_label_smoothing and eps == 0:
+            raise ValueError(f"loss_type {n!r} needs label_smoothing ε in {spec.label_smoothing} (it takes log ε; "
+                             f"the EXO paper suggests 1e-3)")
+    if eps == 0:
+        return
+    users = [n for n in names if LOSSES[n].label_smoothing is not None]
+    if not users:
+        every = ", ".join(n for n, s in LOSSES.items() if s.label_smoothing is not None)
+        raise ValueError(f"label_smoothing={eps} has no meaning for loss_type {','.join(names)!r}; it is used by "
+                         f"{every} only (set it to 0)")
+    for n in users:
+        allowed = LOSSES[n].label_smoothing
+        if eps not in allowed:
+            why = " (it divides by 1 − 2ε)" if n == "robust" else ""
+            raise ValueError(f"label_smoothing must be in {allowed} for {n!r}{why}, got {eps}")
+
+
+# --------------------------------------------------------------------------------------------- entry points
 
 
 def preference_loss(
@@ -43,7 +442,7 @@ def preference_loss(
     reference_rejected_logps: torch.Tensor | None,
     *,
     beta: float = 0.1,
-    loss_type: str = "sigmoid",
+    loss_type: str | Sequence[str] = "sigmoid",
     label_smoothing: float = 0.0,
     chosen_lengths: torch.Tensor | None = None,
     rejected_lengths: torch.Tensor | None = None,
@@ -51,131 +450,204 @@ def preference_loss(
     rejected_kl: torch.Tensor | None = None,
     alpha: float = 0.5,
     gamma: float = 0.5,
+    loss_weights: Sequence[float] | None = None,
+    f_divergence: str = "reverse_kl",
+    f_alpha: float = 0.5,
+    discopop_tau: float = 0.05,
+    ld_alpha: float | None = None,
+    policy_chosen_token_logps: torch.Tensor | None = None,
+    policy_rejected_token_logps: torch.Tensor | None = None,
+    reference_chosen_token_logps: torch.Tensor | None = None,
+    reference_rejected_token_logps: torch.Tensor | None = None,
+    use_weighting: bool = False,
+    chosen_log_sum_sq: torch.Tensor | None = None,
+    rejected_log_sum_sq: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     r"""Per-pair preference loss and the chosen/rejected rewards, all [B].
+
+    L = Σ_k w_k·L_k over the loss types of `loss_type` (one, or a comma-separated mixture); each L_k is
+    defined in the docstring of its function in `LOSSES` (formula and paper); the module docstring defines the
+    notation and the options `f_divergence`, `ld_alpha` and `use_weighting`.
 
     Args:
         policy_chosen_logps, policy_rejected_logps: [B] summed response log-probs under the policy.
         reference_chosen_logps, reference_rejected_logps: [B] the same under the reference model. Not used by
             `simpo` (reference-free; they may be None there).
         beta: β > 0.
-        loss_type: one of `LOSS_TYPES`.
-        label_smoothing: ε, the assumed probability that a label is flipped; used by `sigmoid`, `robust` and
-            `simpo` only (any other type with ε ≠ 0 is an error rather than a silently ignored flag).
-        chosen_lengths, rejected_lengths: [B] response token counts (> 0); needed by `ipo` and `simpo`.
+        loss_type: a name in `LOSS_TYPES`, or several ('sigmoid,sft' or a sequence) for a mixture.
+        label_smoothing: ε. Used by sigmoid (cDPO), robust, simpo, aot, aot_unpaired (within [0, 0.5], robust
+            [0, 0.5)) and exo_pair (required, in (0, 1)); ε ≠ 0 with only other losses is an error rather than a
+            silently ignored flag.
+        chosen_lengths, rejected_lengths: [B] response token counts (> 0); needed by ipo, simpo, sft,
+            sigmoid_norm and by `ld_alpha` and `use_weighting`.
         chosen_kl, rejected_kl: [B] sequential KL of each response, Σ_t KL(π_ref(·|x, y_<t) ‖ π(·|x, y_<t)) over
             its response positions; needed by `tdpo1` and `tdpo2`.
         alpha: α of TDPO2 (TDPO1 has no α).
         gamma: γ of SimPO, the target reward margin.
-
-    Loss types (z ↦ −log σ(z) is the logistic loss):
-
-    * `sigmoid` — DPO (Rafailov et al. 2023, https://arxiv.org/abs/2305.18290, Eq. 7); with ε > 0 the
-      conservative DPO of Mitchell (2023, https://ericmitchell.ai/cdpo.pdf):
-          L = −(1−ε)·log σ(βh) − ε·log σ(−βh),   0 ≤ ε ≤ 0.5.
-    * `robust` — Chowdhury et al. 2024, "Provably Robust DPO" (https://arxiv.org/abs/2403.00409): the
-      unbiased estimate of the clean-label loss under label-flip rate ε, as TRL's `robust`:
-          L = [(1−ε)·(−log σ(βh)) − ε·(−log σ(−βh))] / (1 − 2ε),   0 ≤ ε < 0.5.
-      (It can be negative for a single pair; only its expectation is the clean loss.)
-    * `ipo` — Azar et al. 2023 (https://arxiv.org/abs/2310.12036, Eq. 17) with TRL's per-token convention (β
-      plays the role of τ):
-          h̄ = (π_c − ref_c)/|y_c| − (π_r − ref_r)/|y_r|,   L = (h̄ − 1/(2β))².
-    * `hinge` — SLiC-style (Zhao et al. 2023, https://arxiv.org/abs/2305.10425): L = max(0, 1 − βh).
-    * `tdpo1`, `tdpo2` — Zeng et al. 2024, "Token-level Direct Preference Optimization"
-      (https://arxiv.org/abs/2404.11999, the TDPO1/TDPO2 objectives; official code
-      https://github.com/Vance0124/Token-level-Direct-Preference-Optimization, `tdpo_loss`).
-      With u = βh and D_c, D_r the sequential KLs above:
-          TDPO1:  δ  = β·D_r − β·D_c,          L = −log σ(u − δ)
-          TDPO2:  δ₂ = β·D_r − sg(β·D_c),      L = −log σ(u − α·δ₂)
-      where sg is stop-gradient (`detach`). α is a TDPO2-only knob: TDPO1 has none (paper and official code
-      agree), so `alpha` is unused by `tdpo1`. The official code logs rewards β·(π − ref + D); here the
-      rewards are the plain implicit rewards β·(π − ref), like every other referenced loss.
-    * `simpo` — Meng et al. 2024, "SimPO" (https://arxiv.org/abs/2405.14734), reference-free and
-      length-normalised, with TRL CPOTrainer's optional label smoothing:
-          z = β·π_c/|y_c| − β·π_r/|y_r| − γ,   L = −(1−ε)·log σ(z) − ε·log σ(−z).
-      γ is the margin on the reward scale, as in the paper and TRL's `simpo_gamma` (TRL writes
-      β·(Δ − γ/β), which is the same number); the official SimPO repo instead sets `gamma_beta_ratio` = γ/β —
-      pass gamma = beta · gamma_beta_ratio to reproduce its configs. Rewards returned: β·π/|y|, SimPO's own
-      reward (what TRL's CPOTrainer logs for simpo), i.e. the implicit reward of the per-token mean log-prob
-      against an implicit reference of 0.
+        loss_weights: one weight ≥ 0 per loss type (default: all 1, as TRL).
+        f_divergence: reverse_kl (DPO), forward_kl, js_divergence or alpha_divergence (with `f_alpha`).
+        discopop_tau: τ of `discopop` (> 0; TRL's default 0.05).
+        ld_alpha: α of LD-DPO in [0, 1]; None = off. Needs the four `*_token_logps` and the lengths.
+        policy_chosen_token_logps, ...: [B, L] per-token log-probs of each response, left-aligned (token t of
+            the response in column t), 0 past its length; only for `ld_alpha`. The summed arguments above must
+            be their row sums (they still feed `sft` and the WPO weights).
+        use_weighting: WPO weights. Needs `chosen_log_sum_sq`, `rejected_log_sum_sq` ([B], Σ_t log Σ_v p_v²
+            over each response's positions, under the policy) and the lengths.
 
     Returns:
         (losses, chosen_rewards, rejected_rewards), each [B], in float32 for fp16/bf16/fp32 inputs (float64 for
         float64). Rewards keep their autograd graph; detach them for logging.
 
     Raises:
-        ValueError: unknown `loss_type`; missing lengths/KLs for a type that needs them; inputs that are not
-            1-D tensors of one common length B; β ≤ 0; ε out of range or given to a type that does not use it;
-            non-positive lengths.
+        ValueError: an unknown or repeated loss type; an option a loss does not accept (ε, f-divergence, WPO
+            with a batch-coupled loss); missing lengths/KLs/token log-probs for what needs them; inputs that
+            are not 1-D tensors of one common length B; β ≤ 0; non-positive lengths.
         TypeError: a log-prob or KL input that is not a torch.Tensor.
     """
-    if loss_type not in LOSS_TYPES:
-        raise ValueError(f"unknown loss_type {loss_type!r}; valid loss types: {', '.join(LOSS_TYPES)}")
-    if not beta > 0:
-        raise ValueError(f"beta must be > 0, got {beta}")
-    _check_label_smoothing(loss_type, label_smoothing)
+    terms, chosen_rewards, rejected_rewards, weights = _terms(
+        policy_chosen_logps, policy_rejected_logps, reference_chosen_logps, reference_rejected_logps,
+        beta=beta, loss_type=loss_type, label_smoothing=label_smoothing, chosen_lengths=chosen_lengths,
+        rejected_lengths=rejected_lengths, chosen_kl=chosen_kl, rejected_kl=rejected_kl, alpha=alpha, gamma=gamma,
+        loss_weights=loss_weights, f_divergence=f_divergence, f_alpha=f_alpha, discopop_tau=discopop_tau,
+        ld_alpha=ld_alpha, policy_chosen_token_logps=policy_chosen_token_logps,
+        policy_rejected_token_logps=policy_rejected_token_logps,
+        reference_chosen_token_logps=reference_chosen_token_logps,
+        reference_rejected_token_logps=reference_rejected_token_logps, use_weighting=use_weighting,
+        chosen_log_sum_sq=chosen_log_sum_sq, rejected_log_sum_sq=rejected_log_sum_sq)
+    return combine(terms, weights), chosen_rewards, rejected_rewards
+
+
+def preference_loss_terms(*args, **kwargs) -> tuple[dict[str, torch.Tensor], torch.Tensor, torch.Tensor,
+                                                      dict[str, float]]:
+    """`preference_loss` split by component: ({name: [B] unweighted loss}, chosen_rewards, rejected_rewards,
+    {name: weight}), so a caller can log each component; `combine(terms, weights)` is the total."""
+    return _terms(*args, **kwargs)
+
+
+def combine(terms: dict[str, torch.Tensor], weights: dict[str, float]) -> torch.Tensor:
+    """Σ_k w_k·L_k, per pair."""
+    total = None
+    for name, losses in terms.items():
+        part = weights[name] * losses
+        total = part if total is None else total + part
+    return total
+
+
+def _terms(policy_chosen_logps, policy_rejected_logps, reference_chosen_logps, reference_rejected_logps, *,
+           beta=0.1, loss_type="sigmoid", label_smoothing=0.0, chosen_lengths=None, rejected_lengths=None,
+           chosen_kl=None, rejected_kl=None, alpha=0.5, gamma=0.5, loss_weights=None, f_divergence="reverse_kl",
+           f_alpha=0.5, discopop_tau=0.05, ld_alpha=None, policy_chosen_token_logps=None,
+           policy_rejected_token_logps=None, reference_chosen_token_logps=None,
+           reference_rejected_token_logps=None, use_weighting=False, chosen_log_sum_sq=None,
+           rejected_log_sum_sq=None):
+    names, weights = check_options(loss_type, beta=beta, label_smoothing=label_smoothing, loss_weights=loss_weights,
+                                   f_divergence=f_divergence, f_alpha=f_alpha, discopop_tau=discopop_tau,
+                                   ld_alpha=ld_alpha, use_weighting=use_weighting)
+    needs = loss_needs(names, ld_alpha=ld_alpha, use_weighting=use_weighting)
+    label = ",".join(names)
 
     batch = _check_vector("policy_chosen_logps", policy_chosen_logps, None)
     _check_vector("policy_rejected_logps", policy_rejected_logps, batch)
-    referenced = loss_type != "simpo"
-    if referenced:
+    if needs.reference:
         missing = [name for name, t in (("reference_chosen_logps", reference_chosen_logps),
                                         ("reference_rejected_logps", reference_rejected_logps)) if t is None]
         if missing:
-            raise ValueError(f"loss_type {loss_type!r} needs {' and '.join(missing)} (only 'simpo' is reference-free)")
+            raise ValueError(f"loss_type {label!r} needs {' and '.join(missing)} (only 'simpo' is reference-free)")
         _check_vector("reference_chosen_logps", reference_chosen_logps, batch)
         _check_vector("reference_rejected_logps", reference_rejected_logps, batch)
-    if loss_type in _NEEDS_LENGTHS:
-        _require(loss_type, chosen_lengths=chosen_lengths, rejected_lengths=rejected_lengths)
+    if needs.lengths:
+        _require(label, chosen_lengths=chosen_lengths, rejected_lengths=rejected_lengths)
         chosen_lengths = _check_lengths("chosen_lengths", chosen_lengths, batch)
         rejected_lengths = _check_lengths("rejected_lengths", rejected_lengths, batch)
-    if loss_type in _NEEDS_KL:
-        _require(loss_type, chosen_kl=chosen_kl, rejected_kl=rejected_kl)
+    if needs.kl:
+        _require(label, chosen_kl=chosen_kl, rejected_kl=rejected_kl)
         _check_vector("chosen_kl", chosen_kl, batch)
         _check_vector("rejected_kl", rejected_kl, batch)
+    if needs.log_sum_sq:
+        _require("use_weighting", chosen_log_sum_sq=chosen_log_sum_sq, rejected_log_sum_sq=rejected_log_sum_sq)
+        _check_vector("chosen_log_sum_sq", chosen_log_sum_sq, batch)
+        _check_vector("rejected_log_sum_sq", rejected_log_sum_sq, batch)
+    token = (policy_chosen_token_logps, policy_rejected_token_logps, reference_chosen_token_logps,
+             reference_rejected_token_logps)
+    if needs.token_logps:
+        token_names = ("policy_chosen_token_logps", "policy_rejected_token_logps", "reference_chosen_token_logps",
+                       "reference_rejected_token_logps")
+        _require("ld_alpha", **{n: t for n, t in zip(token_names, token) if needs.reference or "policy" in n})
+        for n, t in zip(token_names, token):
+            if t is not None:
+                _check_matrix(n, t, batch)
 
     # Math in fp32 at least (fp64 stays fp64): the margins are differences of large sums.
     dtype = torch.promote_types(policy_chosen_logps.dtype, torch.float32)
+    device = policy_chosen_logps.device
     pi_c, pi_r = policy_chosen_logps.to(dtype), policy_rejected_logps.to(dtype)
-    if loss_type in _NEEDS_LENGTHS:  # lengths may arrive as ints or on the CPU
-        chosen_lengths = chosen_lengths.to(device=pi_c.device, dtype=dtype)
-        rejected_lengths = rejected_lengths.to(device=pi_c.device, dtype=dtype)
-    eps = label_smoothing
+    plain_pi_c, plain_pi_r = pi_c, pi_r
+    ref_c = ref_r = None
+    if needs.reference:
+        ref_c, ref_r = reference_chosen_logps.to(dtype), reference_rejected_logps.to(dtype)
+    len_c = len_r = None
+    if needs.lengths:  # lengths may arrive as ints or on the CPU
+        len_c = chosen_lengths.to(device=device, dtype=dtype)
+        len_r = rejected_lengths.to(device=device, dtype=dtype)
+    if ld_alpha is not None:
+        pi_c, pi_r = _desensitise(token[0], token[1], len_c, len_r, ld_alpha, dtype)
+        if needs.reference:
+            ref_c, ref_r = _desensitise(token[2], token[3], len_c, len_r, ld_alpha, dtype)
 
-    if loss_type == "simpo":
-        # SimPO's reward: β · mean per-token log-prob, i.e. implicit reward against a zero reference.
-        avg_c, avg_r = pi_c / chosen_lengths, pi_r / rejected_lengths
-        chosen_rewards = implicit_reward(avg_c, torch.zeros_like(avg_c), beta)
-        rejected_rewards = implicit_reward(avg_r, torch.zeros_like(avg_r), beta)
-        z = chosen_rewards - rejected_rewards - gamma
-        losses = -(1 - eps) * F.logsigmoid(z) - eps * F.logsigmoid(-z)
-        return losses, chosen_rewards, rejected_rewards
+    s_c = s_r = None
+    if needs.reference:
+        s_c, s_r = f_score(pi_c - ref_c, f_divergence, f_alpha), f_score(pi_r - ref_r, f_divergence, f_alpha)
+    x = LossInputs(beta=beta, eps=label_smoothing, alpha=alpha, gamma=gamma, discopop_tau=discopop_tau,
+                   pi_c=pi_c, pi_r=pi_r, ref_c=ref_c, ref_r=ref_r, s_c=s_c, s_r=s_r, len_c=len_c, len_r=len_r,
+                   kl_c=None if chosen_kl is None else chosen_kl.to(dtype),
+                   kl_r=None if rejected_kl is None else rejected_kl.to(dtype), plain_pi_c=plain_pi_c)
 
-    ref_c, ref_r = reference_chosen_logps.to(dtype), reference_rejected_logps.to(dtype)
-    chosen_rewards = implicit_reward(pi_c, ref_c, beta)  # β·(π_c − ref_c)
-    rejected_rewards = implicit_reward(pi_r, ref_r, beta)  # β·(π_r − ref_r)
-    # βh = β·[(π_c − π_r) − (ref_c − ref_r)] = r_c − r_r
-    beta_h = chosen_rewards - rejected_rewards
+    if needs.reference:
+        chosen_rewards = implicit_reward(pi_c, ref_c, beta)  # β·(π_c − ref_c)
+        rejected_rewards = implicit_reward(pi_r, ref_r, beta)  # β·(π_r − ref_r)
+    else:  # simpo alone (parse_loss_types refuses it in a mixture)
+        chosen_rewards, rejected_rewards = _simpo_rewards(x)
 
-    if loss_type == "sigmoid":
-        losses = -(1 - eps) * F.logsigmoid(beta_h) - eps * F.logsigmoid(-beta_h)
-    elif loss_type == "robust":
-        losses = ((1 - eps) * -F.logsigmoid(beta_h) - eps * -F.logsigmoid(-beta_h)) / (1 - 2 * eps)
-    elif loss_type == "ipo":
-        # h̄: per-token mean log-ratios, so the squared loss does not grow with response length.
-        h_bar = (pi_c - ref_c) / chosen_lengths - (pi_r - ref_r) / rejected_lengths
-        losses = (h_bar - 1 / (2 * beta)) ** 2
-    elif loss_type == "hinge":
-        losses = torch.relu(1 - beta_h)
-    else:  # tdpo1 / tdpo2
-        kl_c, kl_r = chosen_kl.to(dtype), rejected_kl.to(dtype)
-        if loss_type == "tdpo1":
-            delta = beta * kl_r - beta * kl_c
-        else:
-            # sg on the chosen KL: the paper stops its gradient for stability; α scales the KL margin
-            delta = alpha * (beta * kl_r - beta * kl_c.detach())
-        losses = -F.logsigmoid(beta_h - delta)
-    return losses, chosen_rewards, rejected_rewards
+    pair_weight = None
+    if use_weighting:  # WPO: w = exp(mean_t(log p_t − log Σ_v p_v²)) of each response, no gradient
+        with torch.no_grad():
+            q_c, q_r = chosen_log_sum_sq.to(dtype), rejected_log_sum_sq.to(dtype)
+            pair_weight = torch.exp((plain_pi_c.detach() - q_c) / len_c) * torch.exp((plain_pi_r.detach() - q_r) / len_r)
+
+    terms = {}
+    for name in names:
+        losses = LOSSES[name].fn(x)
+        terms[name] = losses * pair_weight if pair_weight is not None else losses
+    return terms, chosen_rewards, rejected_rewards, dict(zip(names, weights))
+
+
+def f_score(rho: torch.Tensor, f_divergence: str = "reverse_kl", f_alpha: float = 0.5) -> torch.Tensor:
+    """s = f'(e^ρ) of the f-divergence, elementwise on log-ratios ρ (formulas in the module docstring)."""
+    if f_divergence == "reverse_kl":
+        return rho
+    if f_divergence == "forward_kl":  # f'(t) = 1 − 1/t
+        return 1 - torch.exp(-rho)
+    if f_divergence == "js_divergence":  # f'(t) = log(2t/(1 + t)) = log 2 + log σ(log t)
+        return math.log(2) + F.logsigmoid(rho)
+    if f_divergence == "alpha_divergence":  # f'(t) = (t^(α−1) − 1)/(α − 1); α → 1 is log t
+        if abs(f_alpha - 1.0) < 1e-6:
+            return rho
+        t = torch.clamp((f_alpha - 1.0) * rho, max=80.0)  # e^80 ≈ 5.5e34 is still finite in fp32
+        return (torch.exp(t) - 1.0) / (f_alpha - 1.0)
+    raise ValueError(f"unknown f_divergence {f_divergence!r}; valid: {', '.join(F_DIVERGENCES)}")
+
+
+def _desensitise(tok_c: torch.Tensor, tok_r: torch.Tensor, len_c: torch.Tensor, len_r: torch.Tensor,
+                 ld_alpha: float, dtype) -> tuple[torch.Tensor, torch.Tensor]:
+    """LD-DPO sums: Σ_{t<ℓ} x_t + α·Σ_{t≥ℓ} x_t per row, ℓ = min(|y_c|, |y_r|) of the pair; tok_* [B, L]."""
+    shared = torch.minimum(len_c, len_r)[:, None]  # (B, 1)
+
+    def weighted(tok: torch.Tensor) -> torch.Tensor:
+        tok = tok.to(dtype)
+        pos = torch.arange(tok.shape[1], device=tok.device, dtype=dtype)[None]  # (1, L)
+        return torch.where(pos < shared, tok, ld_alpha * tok).sum(1)  # past each length tok is 0
+
+    return weighted(tok_c), weighted(tok_r)
 
 
 def sft_loss(chosen_logps: torch.Tensor, chosen_lengths: torch.Tensor) -> torch.Tensor:
@@ -198,24 +670,11 @@ def sft_loss(chosen_logps: torch.Tensor, chosen_lengths: torch.Tensor) -> torch.
     return -chosen_logps.to(dtype).sum() / chosen_lengths.to(device=chosen_logps.device, dtype=dtype).sum()
 
 
-def _check_label_smoothing(loss_type: str, eps: float) -> None:
-    if eps == 0:
-        return
-    if loss_type not in _USES_LABEL_SMOOTHING:
-        raise ValueError(
-            f"label_smoothing={eps} has no meaning for loss_type {loss_type!r}; it is used by "
-            f"{', '.join(_USES_LABEL_SMOOTHING)} only (set it to 0)"
-        )
-    if loss_type == "robust" and not 0 <= eps < 0.5:
-        raise ValueError(f"label_smoothing must be in [0, 0.5) for 'robust' (it divides by 1 − 2ε), got {eps}")
-    if not 0 <= eps <= 0.5:
-        raise ValueError(f"label_smoothing must be in [0, 0.5] for {loss_type!r}, got {eps}")
-
-
-def _require(loss_type: str, **inputs) -> None:
+def _require(what: str, **inputs) -> None:
     missing = [name for name, value in inputs.items() if value is None]
     if missing:
-        raise ValueError(f"loss_type {loss_type!r} needs {' and '.join(missing)}")
+        subject = what if what in ("ld_alpha", "use_weighting") else f"loss_type {what!r}"
+        raise ValueError(f"{subject} needs {' and '.join(missing)}")
 
 
 def _check_vector(name: str, t, batch: int | None) -> int:
@@ -229,6 +688,17 @@ def _check_vector(name: str, t, batch: int | None) -> int:
     if batch is not None and t.shape[0] != batch:
         raise ValueError(f"{name} has {t.shape[0]} entries but policy_chosen_logps has {batch}")
     return t.shape[0]
+
+
+def _check_matrix(name: str, t, batch: int) -> None:
+    """Per-token log-probs [B, L], floating."""
+    if not isinstance(t, torch.Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor of shape [B, L], got {type(t).__name__}")
+    if t.dim() != 2 or t.shape[0] != batch:
+        raise ValueError(f"{name} must have shape [{batch}, L] (left-aligned per-token log-probs), got "
+                         f"{tuple(t.shape)}")
+    if not t.is_floating_point():
+        raise ValueError(f"{name} must be a floating-point tensor, got dtype {t.dtype}")
 
 
 def _check_lengths(name: str, lengths, batch: int) -> torch.Tensor:
