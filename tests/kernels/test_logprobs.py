@@ -1,6 +1,7 @@
 """The public API: one dispatch point, the contract's shapes/dtypes, clear errors, and coexistence with
 transformers (which probes for the unrelated PyPI package also named `kernels`)."""
 
+import math
 import os
 import subprocess
 import sys
@@ -36,6 +37,34 @@ def test_token_logprobs_contract(impl):
     torch.testing.assert_close(out.double(), want, rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.parametrize("impl", ["auto", "naive", "chunked", "triton"])
+def test_token_logprobs_head_options_through_every_impl(impl):
+    """Gemma-2-style soft-cap with a scale and a temperature: every impl equals the float64 naive spec, and the
+    options change the values (so the default path is not silently taken)."""
+    p = make_problem(37, 1031, 24, ignored=(2,), seed=33)
+    head = dict(softcap=2.0, logit_scale=1.5, temperature=0.9)
+    out = token_logprobs(p["hidden"], p["weight"], p["targets"], bias=p["bias"], impl=impl, **head)
+    want = kernels.naive_token_logprobs(p["hidden"].double(), p["weight"].double(), p["targets"],
+                                        bias=p["bias"].double(), **head)
+    plain = kernels.naive_token_logprobs(p["hidden"].double(), p["weight"].double(), p["targets"],
+                                         bias=p["bias"].double())
+    torch.testing.assert_close(out.double(), want, rtol=1e-5, atol=1e-5)
+    assert (want - plain).abs().max() > 0.1
+
+
+@pytest.mark.parametrize("head,match", [
+    (dict(softcap=0.0), "softcap must be a finite number > 0"),
+    (dict(softcap=float("nan")), "softcap must be a finite number > 0"),
+    (dict(logit_scale=float("inf")), "logit_scale must be a finite non-zero"),
+    (dict(logit_scale=0.0), "logit_scale must be a finite non-zero"),
+    (dict(temperature=0.0), "temperature must be a finite number > 0"),
+    (dict(temperature=-1.0), "temperature must be a finite number > 0"),
+])
+def test_bad_head_option_is_a_clear_value_error(head, match):
+    with pytest.raises(ValueError, match=match):
+        token_logprobs(torch.randn(4, 6), torch.randn(10, 6), torch.randint(0, 10, (4,)), **head)
+
+
 def test_token_stats_fields_and_custom_ignore_index():
     p = make_problem(8, 50, 6, ref=True, seed=32)
     t = p["targets"].clone()
@@ -44,7 +73,14 @@ def test_token_stats_fields_and_custom_ignore_index():
                     ref_weight=p["ref_weight"], impl="chunked")
     assert isinstance(s, kernels.TokenStats) and s.logps[2] == s.entropy[2] == s.kl[2] == 0.0
     assert (s.entropy[t != 7] > 0).all() and (s.kl[t != 7] > 0).all()  # Gibbs: KL ≥ 0, strict for distinct π
-    assert token_stats(p["hidden"], p["weight"], t, impl="naive").entropy is None
+    plain = token_stats(p["hidden"], p["weight"], t, impl="naive")
+    assert plain.entropy is None and plain.log_sum_sq is None and plain.mean_logit is None and plain.is_top1 is None
+    x = token_stats(p["hidden"], p["weight"], t, ignore_index=7, entropy=True, log_sum_sq=True, mean_logit=True,
+                    is_top1=True, softcap=3.0, impl="chunked")
+    assert x.log_sum_sq[2] == x.mean_logit[2] == 0.0 and not x.is_top1[2]
+    # Σπ² ≤ max π ≤ 1 and Σπ² ≥ 1/V: log Σπ² in [−log V, 0]; a soft-capped mean logit lies in (−c, c)
+    assert (x.log_sum_sq[t != 7] < 0).all() and (x.log_sum_sq >= -math.log(50) - 1e-6).all()
+    assert (x.mean_logit.abs() < 3.0).all()
 
 
 @pytest.mark.parametrize("change,match", [

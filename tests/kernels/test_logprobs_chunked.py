@@ -1,10 +1,11 @@
-"""Chunked log-probs (+ entropy, + KL): outputs and every gradient against the float64 naive oracle."""
+"""Chunked log-probs (+ entropy, KL, log Σp², mean logit, is-top-1; through every head): outputs and every gradient against the float64 naive oracle."""
 
 import pytest
 import torch
 
+from kernels.head import LogitHead
 from kernels.logprobs_chunked import chunked_token_stats
-from tests.kernels._oracle import assert_matches, make_problem, oracle, run
+from tests.kernels._oracle import HEADS, STATS, assert_matches, make_problem, oracle, run, with_top1_targets
 
 # (N, V, H, ignored rows): odd sizes, N not a multiple of the token chunk, a single token, all rows ignored.
 SHAPES = [(37, 1031, 24, (0, 5)), (1, 1031, 24, ()), (130, 257, 24, (7,)), (6, 1031, 24, (0, 1, 2, 3, 4, 5))]
@@ -54,3 +55,45 @@ def oracle_sum(p, h):
     from kernels.logprobs_naive import naive_token_logprobs
 
     return naive_token_logprobs(h, p["weight"], p["targets"], bias=p["bias"]).sum()
+
+
+# ---------------------------------------------------------------------------------- heads that transform logits
+
+REF_HEAD = LogitHead(softcap=4.0, logit_scale=0.9)  # the reference's own head, for the KL
+
+
+@pytest.mark.parametrize("head", list(HEADS), ids=list(HEADS))
+def test_chunked_head_float64_equals_naive(head, poisoned_empty):
+    """Every output (log-probs, entropy, KL, log Σp², mean logit, is-top-1) and every gradient through a
+    transformed head, on many ragged tiles, against the float64 naive spec."""
+    p = with_top1_targets(make_problem(37, 1031, 24, dtype=torch.float64, ref=True, ignored=(0, 5), seed=41),
+                          HEADS[head])
+    kw = dict(**HEADS[head], **STATS, ref_head=REF_HEAD)
+    got = run(chunked_token_stats, p, entropy=True, **kw, **SMALL_CHUNKS)
+    want = oracle(p, entropy=True, **kw)
+    assert_matches(got, want, rtol=1e-10, atol_scale=1e-12)
+    top1 = got[0][-1]
+    assert top1.dtype == torch.bool and 0 < int(top1.sum()) < 35  # both values occur
+
+
+@pytest.mark.parametrize("head", ["softcap", "softcap+scale+temperature"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_chunked_head_low_precision_within_tolerance(head, dtype, poisoned_empty):
+    """fp32 math: outputs within 1e-5 of the float64 oracle; gradients 1e-5 (fp32) or, rounded once to bf16,
+    1e-2 — the same tolerances as the untransformed head."""
+    p = with_top1_targets(make_problem(37, 1031, 24, dtype=dtype, ref=True, ignored=(3,), seed=42), HEADS[head])
+    kw = dict(**HEADS[head], **STATS, ref_head=REF_HEAD)
+    outs, grads = run(chunked_token_stats, p, entropy=True, **kw)
+    want_outs, want_grads = oracle(p, entropy=True, **kw)
+    assert_matches((outs, []), (want_outs, []), rtol=1e-5, atol_scale=1e-5)
+    tol = 1e-5 if dtype == torch.float32 else 1e-2
+    assert_matches(([], grads), ([], want_grads), rtol=tol, atol_scale=tol)
+
+
+def test_chunked_identity_head_options_change_nothing():
+    """softcap=None, logit_scale=1, temperature=1 is the untransformed head, bit for bit."""
+    p = make_problem(37, 1031, 24, seed=43)
+    a = run(chunked_token_stats, p, **SMALL_CHUNKS)
+    b = run(chunked_token_stats, p, softcap=None, logit_scale=1.0, temperature=1.0, **SMALL_CHUNKS)
+    for x, y in zip(a[0] + a[1], b[0] + b[1]):
+        assert torch.equal(x, y)

@@ -40,3 +40,37 @@ def test_naive_computes_in_float32_for_low_precision_inputs():
     assert out.dtype == torch.float32
     want = naive_token_logprobs(p["hidden"].double(), p["weight"].double(), p["targets"], bias=p["bias"].double())
     torch.testing.assert_close(out.double(), want, rtol=1e-5, atol=1e-5)
+
+
+def test_naive_head_and_statistics_match_definitions_float64():
+    """y = c·tanh(s·z/c)/T written per element with math.tanh; log Σπ², the mean of y and the argmax rule from
+    their definitions; the reference through its own head (uncapped, scaled)."""
+    from kernels.head import LogitHead
+
+    c, s, T = 2.5, 1.3, 0.8
+    p = make_problem(9, 53, 7, dtype=torch.float64, ref=True, ignored=(2,), seed=5)
+    z = (p["weight"] @ p["hidden"][4] + p["bias"]).tolist()
+    p["targets"][4] = max(range(53), key=lambda v: z[v])  # one target that is the top-1 token
+    ref_head = LogitHead(logit_scale=0.5, temperature=2.0)
+    got = naive_token_stats(**p, entropy=True, softcap=c, logit_scale=s, temperature=T, ref_head=ref_head,
+                            log_sum_sq=True, mean_logit=True, is_top1=True)
+    want = {k: [] for k in ("lp", "ent", "kl", "lsq", "mean", "top1")}
+    for n in range(9):
+        y = [c * math.tanh(s * v / c) / T for v in (p["weight"] @ p["hidden"][n] + p["bias"]).tolist()]
+        yr = [0.5 * v / 2.0 for v in (p["ref_weight"] @ p["ref_hidden"][n] + p["ref_bias"]).tolist()]
+        lse = max(y) + math.log(math.fsum(math.exp(v - max(y)) for v in y))
+        lse_r = max(yr) + math.log(math.fsum(math.exp(v - max(yr)) for v in yr))
+        t = int(p["targets"][n])
+        if t == -100:
+            for k in want:
+                want[k].append(0.0)
+            continue
+        want["lp"].append(y[t] - lse)
+        want["ent"].append(-math.fsum(math.exp(v - lse) * (v - lse) for v in y))
+        want["kl"].append(math.fsum(math.exp(r - lse_r) * ((r - lse_r) - (v - lse)) for r, v in zip(yr, y)))
+        want["lsq"].append(math.log(math.fsum(math.exp(2 * (v - lse)) for v in y)))
+        want["mean"].append(math.fsum(y) / len(y))
+        want["top1"].append(float(y.index(max(y)) == t))
+    for a, k in zip(got, want):
+        torch.testing.assert_close(a.double(), torch.tensor(want[k], dtype=torch.float64), rtol=1e-12, atol=1e-12)
+    assert got[5][4] and got[5].sum() >= 1 and not got[5][2]

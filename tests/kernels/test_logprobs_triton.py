@@ -5,15 +5,18 @@ import pytest
 import torch
 
 from kernels import logprobs_triton as lt
-from tests.kernels._oracle import assert_matches, make_problem, oracle, run
+from kernels.head import LogitHead
+from tests.kernels._oracle import HEADS, STATS, assert_matches, make_problem, oracle, run, with_top1_targets
 
 # (N, V, H, ignored): N=37 and 130 are not multiples of the 128/64-token blocks, V=1031 leaves a ragged
 # vocab tile, a single token, and a set of rows that are all ignored.
 SHAPES = [(37, 1031, 24, (0, 5)), (130, 1031, 24, (7,)), (1, 1031, 24, ()), (6, 1031, 24, (0, 1, 2, 3, 4, 5))]
 
 
-def test_kernels_run_in_the_interpreter():
-    assert lt.interpreted(), "tests/kernels/conftest.py sets TRITON_INTERPRET=1 before triton is imported"
+def test_kernels_run_in_the_interpreter_only_without_cuda():
+    """tests/kernels/conftest.py sets TRITON_INTERPRET=1 before triton is imported only when there is no CUDA
+    device; on a GPU the same tests run the compiled kernels (on CUDA tensors: see `to_device`)."""
+    assert lt.interpreted() == (not torch.cuda.is_available())
 
 
 @pytest.mark.parametrize("N,V,H,ignored", SHAPES)
@@ -72,3 +75,44 @@ def test_triton_dz_chunk_backward_equals_naive(dtype, rtol, atol_scale, poisoned
     p = make_problem(130, 1031, 136, dtype=dtype, ref=True, ignored=(0, 77), seed=24)
     fn = partial(lt.triton_token_stats, backward="dz_chunks", dz_chunk_tokens=48)
     assert_matches(run(fn, p, entropy=True), oracle(p, entropy=True), rtol=rtol, atol_scale=atol_scale)
+
+
+# ---------------------------------------------------------------------------------- heads that transform logits
+
+REF_HEAD = LogitHead(softcap=4.0, logit_scale=0.9)  # the reference's own head, for the KL
+
+
+@pytest.mark.parametrize("head", list(HEADS), ids=list(HEADS))
+def test_triton_head_float64_equals_naive(head, poisoned_empty):
+    """Every output and every gradient through each transformed head (fused backward), with entropy, KL (the
+    reference through its own soft-capped head), log Σp², mean logit and is-top-1; V=517 leaves a ragged tile."""
+    p = with_top1_targets(make_problem(37, 517, 24, dtype=torch.float64, ref=True, ignored=(0, 5), seed=51),
+                          HEADS[head])
+    kw = dict(**HEADS[head], **STATS, ref_head=REF_HEAD)
+    got = run(lt.triton_token_stats, p, entropy=True, **kw)
+    assert_matches(got, oracle(p, entropy=True, **kw), rtol=1e-10, atol_scale=1e-12)
+    assert got[0][-1].dtype == torch.bool and 0 < int(got[0][-1].sum()) < 35
+
+
+def test_triton_head_dz_chunk_backward_equals_naive(poisoned_empty):
+    """The large-H backward (dz per token chunk + two GEMMs) through a soft-capped, scaled, tempered head."""
+    from functools import partial
+
+    kw = HEADS["softcap+scale+temperature"]
+    p = make_problem(70, 517, 136, dtype=torch.float64, ref=True, ignored=(0, 33), seed=52)
+    fn = partial(lt.triton_token_stats, backward="dz_chunks", dz_chunk_tokens=48, ref_head=REF_HEAD, **kw)
+    assert_matches(run(fn, p, entropy=True), oracle(p, entropy=True, ref_head=REF_HEAD, **kw),
+                   rtol=1e-10, atol_scale=1e-12)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_triton_head_low_precision_within_tolerance(dtype, poisoned_empty):
+    """Soft-capped head: fp32 outputs within 1e-5 of the float64 oracle; gradients 1e-5 (fp32) or, with dz and
+    the result rounded to bf16, rtol 2e-2 / atol 1e-2 × max — the untransformed head's tolerances."""
+    kw = dict(**HEADS["softcap"], **STATS, ref_head=REF_HEAD)
+    p = with_top1_targets(make_problem(37, 517, 24, dtype=dtype, ref=True, ignored=(3,), seed=53), HEADS["softcap"])
+    outs, grads = run(lt.triton_token_stats, p, entropy=True, **kw)
+    want_outs, want_grads = oracle(p, entropy=True, **kw)
+    assert_matches((outs, []), (want_outs, []), rtol=1e-5, atol_scale=1e-5)
+    rtol, atol = (1e-5, 1e-5) if dtype == torch.float32 else (2e-2, 1e-2)
+    assert_matches(([], grads), ([], want_grads), rtol=rtol, atol_scale=atol)
