@@ -6,10 +6,15 @@ Every response token gets the implicit reward r_t = β·(log π(y_t|x, y_<t) −
 * renders the per-token rewards of a response or a chosen/rejected pair as an HTML heatmap and as a PNG
   (matplotlib), one cell per token, red for blame (r_t < 0) and blue for credit (r_t > 0);
 * scores credit assignment on the `arithmetic` task, whose gold checker knows the first wrong token of a wrong
-  answer: hit rate = share of wrong responses whose most negative r_t sits on their first wrong token, beside
-  the uniform baseline mean(1/len) (the hit rate of blaming a token at random).
+  answer. The wrong answers are the reference (SFT) model's own temperature-1 samples on held-out prompts,
+  stratified so that every answer position (each digit and the EOS) holds the same share of first errors. A
+  method blames one token per answer; its hit rate is the share of answers where it blames the first wrong token.
+  The DPO token reward (argmin_t r_t) is reported beside four baselines on the same answers: a uniformly random
+  token, the positional prior (always the most frequent first-error position of a natural sample), argmin_t
+  log π and argmin_t log π_ref; each rate over all tokens and over the tokens up to the first error, with its
+  Wilson 95 % interval (`credit_on_task`, `blame_hits`).
 
-    python -m tokendpo.credit --policy outputs/arith/dpo --ref outputs/arith/sft --task arithmetic
+    python -m tokendpo.credit --policy outputs/tasks/arithmetic/dpo --ref outputs/tasks/arithmetic/sft --task arithmetic
     python -m tokendpo.credit --policy DIR --ref DIR --prompt "12+34=" --response "47" [--rejected "46"]
 """
 
@@ -20,8 +25,10 @@ import html
 import json
 import sys
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
+import torch
 import yaml
 
 # --------------------------------------------------------------------------------------------- the metric
@@ -140,28 +147,170 @@ def training_beta(policy_dir: str, default: float = 0.1) -> float:
     return default
 
 
-def credit_on_task(policy, reference, tokenizer, task, *, n_prompts: int, seed: int, beta: float,
-                   max_new_tokens: int, sample_from: str = "ref", split: str = "heldout"
-                   ) -> tuple[dict, list[tuple[str, str, dict, int]]]:
-    """Sample responses to `split` prompts (from the reference by default: it makes the mistakes), keep the
-    wrong ones, score where the policy's most negative token reward falls. Returns (metric dict, [(prompt,
-    response, token-reward row, first wrong index)])."""
-    from tokendpo.eval import token_rewards
+@dataclass
+class WrongSample:
+    """A wrong response with the index of its first wrong token (EOS counted; see `tasks.arithmetic`)."""
+
+    prompt: str
+    response: str
+    first_wrong: int
+
+
+def collect_wrong_samples(task, reference, tokenizer, *, per_position: int, seed: int, max_new_tokens: int,
+                          split: str = "heldout", batch_prompts: int = 2048, max_rounds: int = 40
+                          ) -> tuple[list[WrongSample], list[WrongSample], dict]:
+    """The reference's own temperature-1 wrong answers, stratified by the position of their first error.
+
+    Rounds of one sample per prompt on `batch_prompts` fresh `split` prompts; every wrong, non-empty answer joins
+    the natural pool (in order). Stratified set: the first `per_position` wrong answers whose first error sits at
+    position i, for every answer position i = 0..L (L answer digits, position L = the EOS), so every position
+    holds exactly 1/(L+1) of them. Returns (stratified, natural pool, info); ValueError when `max_rounds` rounds
+    cannot fill every position.
+    """
     from tokendpo.tasks.sampling import sample
 
     if not hasattr(task, "first_wrong_token"):
         raise ValueError(f"task {task.name!r} has no first-wrong-token checker; credit is scored on 'arithmetic'")
-    prompts = task.prompts(split, n_prompts, seed=seed)
-    sampler = reference if sample_from == "ref" else policy
-    texts, _ = sample(sampler, tokenizer, prompts, max_new_tokens=max_new_tokens, seed=seed)
-    wrong = [(p, y, task.first_wrong_token(p, y)) for p, y in zip(prompts, texts)]
-    wrong = [(p, y, w) for p, y, w in wrong if w is not None and y.strip()]
-    rows = token_rewards(policy, reference, tokenizer, [p for p, _, _ in wrong], [y for _, y, _ in wrong],
-                         beta=beta, batch_size=64) if wrong else []
-    metric = first_wrong_hit_rate([r["rewards"] for r in rows], [w for _, _, w in wrong])
-    metric.update(n_prompts=len(prompts), wrong_share=len(wrong) / max(1, len(prompts)), sampled_from=sample_from,
-                  split=split)
-    return metric, [(p, y, r, w) for (p, y, w), r in zip(wrong, rows)]
+    positions = task.answer_positions()
+    buckets: dict[int, list[WrongSample]] = {i: [] for i in range(positions)}
+    natural: list[WrongSample] = []
+    drawn = 0
+    for r in range(max_rounds):
+        prompts = task.prompts(split, batch_prompts, seed=seed * 1000 + r)
+        texts, _ = sample(reference, tokenizer, prompts, max_new_tokens=max_new_tokens, seed=seed * 1000 + r)
+        drawn += len(prompts)
+        for p, y in zip(prompts, texts):
+            w = task.first_wrong_token(p, y)
+            if w is None or not y.strip():
+                continue
+            ws = WrongSample(p, y, w)
+            natural.append(ws)
+            if w in buckets and len(buckets[w]) < per_position:
+                buckets[w].append(ws)
+        if all(len(v) >= per_position for v in buckets.values()):
+            break
+    short = {i: len(v) for i, v in buckets.items() if len(v) < per_position}
+    if short:
+        raise ValueError(f"{drawn} reference samples left positions {short} below {per_position} wrong answers")
+    counts: dict[int, int] = {}
+    for ws in natural:
+        counts[ws.first_wrong] = counts.get(ws.first_wrong, 0) + 1
+    info = {"samples_drawn": drawn, "natural_wrong": len(natural), "natural_first_wrong_counts": counts}
+    return [ws for i in range(positions) for ws in buckets[i]], natural, info
+
+
+@torch.no_grad()
+def token_logps_rows(model, tokenizer, prompts: list[str], responses: list[str], *, batch_size: int = 64
+                     ) -> list[list[float]]:
+    """log π(y_t | x, y_<t) for every response token (EOS appended), through the training code's log-prob path."""
+    from tokendpo.data import TokenizedPair, collate_pairs
+    from tokendpo.logps import sequence_logps
+
+    out: list[list[float]] = []
+    for i in range(0, len(prompts), batch_size):
+        pairs = []
+        for p, y in zip(prompts[i:i + batch_size], responses[i:i + batch_size]):
+            ids = tokenizer(y, add_special_tokens=False).input_ids + [tokenizer.eos_token_id]
+            pairs.append(TokenizedPair(tokenizer(p).input_ids, ids, ids, ""))
+        batch = {k: v[: len(pairs)] for k, v in collate_pairs(pairs, tokenizer.pad_token_id).items()}
+        lp = sequence_logps(model, batch)
+        for row, m in zip(lp.token_logps, lp.mask):  # (T-1,) each
+            out.append(row[m].tolist())
+    return out
+
+
+METHODS = ("implicit", "random", "positional", "argmin_logp_policy", "argmin_logp_ref")
+SCOPES = ("all", "up_to_first_error")
+
+
+def _argmin(xs: Sequence[float]) -> int:
+    return min(range(len(xs)), key=xs.__getitem__)  # the first of equal minima
+
+
+def blame_hits(logp_policy: Sequence[Sequence[float]], logp_ref: Sequence[Sequence[float]],
+               first_wrong: Sequence[int], *, positional: int) -> dict[tuple[str, str], float]:
+    """Successes (hits; the random baseline's expected hits) per (scope, method) over the given samples.
+
+    Per sample with token log-probs lp (policy) and lr (reference) and first wrong token w, a method blames one
+    token; a hit is blaming w:
+
+        implicit            argmin_t (lp_t − lr_t)       (r_t = β·(lp_t − lr_t); β > 0 does not move the argmin)
+        argmin_logp_policy  argmin_t lp_t
+        argmin_logp_ref     argmin_t lr_t
+        positional          the fixed position `positional` (the most frequent first error of a natural sample)
+        random              a uniform token: expected hit 1/len (all) or 1/(w+1) (up to the first error)
+
+    Scope "all" takes the argmin over every response token (EOS included); "up_to_first_error" over t ≤ w only
+    (the question: among the tokens up to the mistake, is the mistake the most blamed?).
+    """
+    if not (len(logp_policy) == len(logp_ref) == len(first_wrong)):
+        raise ValueError("blame_hits: logp_policy, logp_ref and first_wrong differ in length")
+    hits = {(s, m): 0.0 for s in SCOPES for m in METHODS}
+    for i, (lp, lr, w) in enumerate(zip(logp_policy, logp_ref, first_wrong)):
+        if len(lp) != len(lr) or not 0 <= w < len(lp):
+            raise ValueError(f"sample {i}: {len(lp)} policy / {len(lr)} reference log-probs, first wrong token {w}")
+        r = [a - b for a, b in zip(lp, lr)]
+        for scope, end in (("all", len(lp)), ("up_to_first_error", w + 1)):
+            hits[scope, "implicit"] += _argmin(r[:end]) == w
+            hits[scope, "argmin_logp_policy"] += _argmin(lp[:end]) == w
+            hits[scope, "argmin_logp_ref"] += _argmin(lr[:end]) == w
+            hits[scope, "positional"] += positional == w
+            hits[scope, "random"] += 1.0 / end
+    return hits
+
+
+def credit_rows(hits: dict[tuple[str, str], float], n: int, **keys) -> list[dict]:
+    """One row per (scope, method): keys + scope, method, n, rate and its Wilson 95 % interval."""
+    from tokendpo.tasks.metrics import wilson_interval
+
+    return [{**keys, "scope": s, "method": m, "n": n, "rate": hits[s, m] / n,
+             "ci": list(wilson_interval(hits[s, m], n))} for s in SCOPES for m in METHODS]
+
+
+def credit_on_task(policy, reference, tokenizer, task, *, per_position: int, seed: int, max_new_tokens: int,
+                   beta: float, split: str = "heldout", max_rounds: int = 40, samples=None) -> tuple[list[dict], list[tuple[WrongSample, dict]], dict]:
+    """Credit assignment of `policy` on the reference's own stratified wrong answers (`collect_wrong_samples`,
+    or the given (stratified, natural, info)). Returns (rows for the stratified set and the natural pool's first
+    n, [(sample, token-reward row)] of the stratified set for the views, info)."""
+    from tokendpo.eval import token_rewards
+
+    strat, natural, info = samples or collect_wrong_samples(
+        task, reference, tokenizer, per_position=per_position, seed=seed, max_new_tokens=max_new_tokens,
+        split=split, max_rounds=max_rounds)
+    counts = info["natural_first_wrong_counts"]
+    positional = max(sorted(counts), key=counts.get)
+    rows = []
+    for name, ws in (("stratified", strat), ("natural", natural[: len(strat)])):
+        prompts, responses = [w.prompt for w in ws], [w.response for w in ws]
+        lp = token_logps_rows(policy, tokenizer, prompts, responses)
+        lr = token_logps_rows(reference, tokenizer, prompts, responses)
+        hits = blame_hits(lp, lr, [w.first_wrong for w in ws], positional=positional)
+        rows += credit_rows(hits, len(ws), samples=name)
+    views = token_rewards(policy, reference, tokenizer, [w.prompt for w in strat], [w.response for w in strat],
+                          beta=beta, batch_size=64)
+    info = {**info, "positional_prior": positional, "split": split, "per_position": per_position}
+    return rows, list(zip(strat, views)), info
+
+
+def pick_views(shown: Sequence, k: int) -> list:
+    """Up to k samples for the heatmap, spread over the first-error positions (round robin)."""
+    by_pos: dict[int, list] = {}
+    for item in shown:
+        by_pos.setdefault(item[0].first_wrong, []).append(item)
+    out = []
+    while len(out) < k and any(by_pos.values()):
+        for pos in sorted(by_pos):
+            if by_pos[pos] and len(out) < k:
+                out.append(by_pos[pos].pop(0))
+    return out
+
+
+def format_rows(rows: Sequence[dict]) -> str:
+    lines = [f"{'samples':<11}{'scope':<19}{'method':<20}{'n':>5}  {'hit rate':>9}  95 % Wilson"]
+    for r in rows:
+        lines.append(f"{r.get('samples', ''):<11}{r['scope']:<19}{r['method']:<20}{r['n']:>5}  {r['rate']:>9.1%}  "
+                     f"[{r['ci'][0]:.1%}, {r['ci'][1]:.1%}]")
+    return "\n".join(lines)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -173,10 +322,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--prompt", default=None, help="render this prompt's --response (and --rejected) instead")
     ap.add_argument("--response", default=None)
     ap.add_argument("--rejected", default=None, help="a second response, shown under --response as a pair")
-    ap.add_argument("--n_prompts", type=int, default=256)
-    ap.add_argument("--sample_from", choices=("ref", "policy"), default="ref")
+    ap.add_argument("--per_position", type=int, default=60,
+                    help="wrong reference samples per first-error position (n = per_position · (L+1))")
     ap.add_argument("--split", choices=("heldout", "train"), default="heldout",
                     help="prompts to score on (train: the prompts DPO's pairs came from)")
+    ap.add_argument("--max_rounds", type=int, default=40, help="rounds of 2048 reference samples at most")
     ap.add_argument("--max_new_tokens", type=int, default=None, help="default: the task's")
     ap.add_argument("--examples", type=int, default=8, help="responses drawn in the task view")
     ap.add_argument("--beta", type=float, default=None, help="default: the policy's training β (else 0.1)")
@@ -212,21 +362,21 @@ def main(argv: list[str] | None = None) -> int:
     from tokendpo.tasks import get_task
 
     task = get_task(a.task)
-    metric, wrong = credit_on_task(policy, reference, tokenizer, task, n_prompts=a.n_prompts, seed=a.seed,
-                                   beta=beta, max_new_tokens=a.max_new_tokens or task.recipe.max_new_tokens,
-                                   sample_from=a.sample_from, split=a.split)
-    metric["beta"] = beta
+    try:
+        rows, shown, info = credit_on_task(policy, reference, tokenizer, task, per_position=a.per_position,
+                                           seed=a.seed, beta=beta, split=a.split, max_rounds=a.max_rounds,
+                                           max_new_tokens=a.max_new_tokens or task.recipe.max_new_tokens)
+    except ValueError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     out.mkdir(parents=True, exist_ok=True)
-    (out / "credit.json").write_text(json.dumps(metric, indent=1) + "\n")
-    shown = wrong[: a.examples]
-    if shown:
-        labels = [f"{p} {y} (first wrong: {w})" for p, y, _, w in shown]
-        paths = write_views([r for _, _, r, _ in shown], labels, out / "credit", prompt=f"{a.task}: {a.split}")
+    (out / "credit.json").write_text(json.dumps({"beta": beta, **info, "rows": rows}, indent=1) + "\n")
+    picked = pick_views(shown, a.examples)
+    if picked:
+        labels = [f"{w.prompt} {w.response} (first wrong: {w.first_wrong})" for w, _ in picked]
+        paths = write_views([r for _, r in picked], labels, out / "credit", prompt=f"{a.task}: {a.split}")
         print(f"wrote {paths[0]} and {paths[1]}")
-    print(f"{'wrong responses':<34}{metric['n']:>8d}  ({metric['wrong_share']:.1%} of {metric['n_prompts']}, "
-          f"{a.split} prompts, sampled from {a.sample_from})")
-    print(f"{'argmin r_t on first wrong token':<34}{metric['hit_rate']:>8.1%}")
-    print(f"{'uniform baseline mean(1/len)':<34}{metric['uniform_baseline']:>8.1%}")
+    print(format_rows(rows))
     return 0
 
 

@@ -131,5 +131,9 @@ class ArithmeticTask(Task):
     def first_wrong_token(self, prompt: str, response: str) -> int | None:
         return first_wrong_token(prompt, response)
 
+    def answer_positions(self) -> int:
+        """L + 1: the places a first error can sit in (L digits, then the EOS)."""
+        return ANSWER_DIGITS + 1
+
     def lexicon(self) -> list[str]:
         return list("0123456789+=")
