@@ -9,12 +9,13 @@ import torch
 from search.beam import beam_search, chunk_beam_search
 from search.sampling import best_of_n
 from search.scorer import PairScorer
+from search.scoring import banned_token_ids
 
 
-def hf_beam(model, prompt, k, max_new, eos, pad, length_penalty):
+def hf_beam(model, prompt, k, max_new, eos, pad, length_penalty, suppress=None):
     out = model.generate(torch.tensor([prompt]), attention_mask=torch.ones(1, len(prompt), dtype=torch.long),
                          num_beams=k, do_sample=False, length_penalty=length_penalty, max_new_tokens=max_new,
-                         eos_token_id=eos, pad_token_id=pad)
+                         eos_token_id=eos, pad_token_id=pad, suppress_tokens=suppress)
     ids = out[0, len(prompt):].tolist()
     return ids[: ids.index(eos) + 1] if eos in ids else ids
 
@@ -109,3 +110,87 @@ def test_cbs_chunks(scorer, tokenizer, make_prompts):
     for d in out:
         assert len(d.token_ids) == 10 or d.token_ids[-1] == tokenizer.eos_token_id
         assert len(d.token_rewards) == len(d.token_ids)
+
+
+def boost_specials(model, tokenizer, factor=6.0):
+    """A copy-free edit: scale the LM-head rows of the special tokens other than EOS so they dominate."""
+    with torch.no_grad():
+        for t in banned_token_ids(tokenizer):
+            model.lm_head.weight[t] *= factor
+
+
+@pytest.fixture
+def special_policy(tiny_model_dir, tokenizer):
+    from tokendpo.modeling import load_model
+
+    model = load_model(str(tiny_model_dir)).eval()
+    boost_specials(model, tokenizer)
+    return model
+
+
+@pytest.mark.parametrize("score", ["likelihood", "implicit", "mixed"])
+def test_special_tokens_never_chosen(special_policy, reference, tokenizer, make_prompts, score):
+    """A policy whose BOS/UNK/PAD logits are scaled ×6: unbanned, beam search picks them; banned, no decoder
+    ever emits one, for any score."""
+    scorer = PairScorer(special_policy, reference, beta=0.2, pad_token_id=tokenizer.pad_token_id)
+    prompts, eos = make_prompts(4, seed=31), tokenizer.eos_token_id
+    banned = set(banned_token_ids(tokenizer))
+    free = beam_search(scorer, prompts, num_beams=2, max_new_tokens=8, eos_token_id=eos, score=score, top_k=0)
+    assert any(t in banned for d in free for t in d.token_ids)  # the test has teeth
+    outs = [
+        beam_search(scorer, prompts, num_beams=2, max_new_tokens=8, eos_token_id=eos, score=score, top_k=0,
+                    banned_tokens=sorted(banned)),
+        best_of_n(scorer, prompts, n=3, max_new_tokens=8, eos_token_id=eos, score=score, top_k=0,
+                  banned_tokens=sorted(banned), generator=torch.Generator().manual_seed(1)),
+        chunk_beam_search(scorer, prompts, width=2, samples=2, chunk=3, max_new_tokens=8, eos_token_id=eos,
+                          score=score, proposal="policy", banned_tokens=sorted(banned),
+                          generator=torch.Generator().manual_seed(2)),
+    ]
+    for out in outs:
+        assert not any(t in banned for d in out for t in d.token_ids)
+
+
+@pytest.mark.parametrize("top_k,top_p", [(0, 1.0), (6, 0.9)])
+def test_mixed_ends_equal_likelihood_and_implicit(eos_policy, reference, tokenizer, make_prompts, top_k, top_p):
+    """Under the same support, mixed at λ = 1 returns likelihood's token ids and at λ = 0 implicit's — for
+    beam search, best-of-N and CBS (same generator seeds) — and λ = 0.5 differs from both somewhere."""
+    scorer = PairScorer(eos_policy, reference, beta=0.3, pad_token_id=tokenizer.pad_token_id)
+    prompts, eos = make_prompts(4, seed=200 + top_k), tokenizer.eos_token_id
+    banned = banned_token_ids(tokenizer)
+    support = dict(top_k=top_k, top_p=top_p, banned_tokens=banned, max_new_tokens=8, eos_token_id=eos)
+
+    def ids(out):
+        return [d.token_ids for d in out]
+
+    def beam(score, lam=None):
+        return ids(beam_search(scorer, prompts, num_beams=3, score=score, ref_weight=lam, **support))
+
+    def bon(score, lam=None):
+        return ids(best_of_n(scorer, prompts, n=4, score=score, ref_weight=lam, proposal="reference",
+                             generator=torch.Generator().manual_seed(5), **support))
+
+    def cbs(score, lam=None):
+        return ids(chunk_beam_search(scorer, prompts, width=2, samples=2, chunk=3, score=score, ref_weight=lam,
+                                     proposal="policy", generator=torch.Generator().manual_seed(6), **support))
+
+    for run in (beam, bon, cbs):
+        assert run("mixed", 1.0) == run("likelihood")
+        assert run("mixed", 0.0) == run("implicit")
+    assert beam("likelihood") != beam("implicit")  # the two ends differ here, so the equalities say something
+
+
+def test_beam_early_stop_waits_for_rising_scores(table_lm):
+    """K = 1, implicit score, uniform reference. Step 1: EOS scores log 1.2 and ends; token 2 scores log 1.04
+    and runs on. Step 2 from [2]: token 3 has π = 0.97, scoring log 3.88, so [2, 3] totals 1.40 > 0.18. The
+    old rule (stop once the running score cannot beat the finished one) returned [EOS]; the log-ratio can rise,
+    so the search must continue."""
+    pol = table_lm({(0,): torch.tensor([0.2, 0.3, 0.26, 0.24]).log().tolist(),
+                    (0, 2): torch.tensor([0.01, 0.01, 0.01, 0.97]).log().tolist()}, 4)
+    ref = table_lm({}, 4)
+    scorer = PairScorer(pol, ref, beta=0.5, pad_token_id=0)
+    out = beam_search(scorer, [[0]], num_beams=1, max_new_tokens=2, eos_token_id=1, score="implicit")
+    assert out[0].token_ids == [2, 3]
+    assert out[0].reward == pytest.approx(0.5 * (math.log(1.04) + math.log(3.88)), abs=1e-5)
+    # likelihood scores only fall: there the early stop is exact and keeps [EOS] (log 0.3 > log 0.26 + log 0.97)
+    out = beam_search(scorer, [[0]], num_beams=1, max_new_tokens=2, eos_token_id=1, score="likelihood")
+    assert out[0].token_ids == [1]
