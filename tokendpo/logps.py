@@ -1,9 +1,11 @@
 """Per-token log-probs of response tokens from a causal LM, without running its LM-head product.
 
 The model body gives final hidden states h (B, T, H); the response positions are gathered (N of them) and
-`kernels.token_logprobs(h[N, H], W[V, H], targets[N])` returns log softmax(h·Wᵀ + b)[target] — fused, so the
-(B, T, V) logits are never materialised. Position t predicts token t+1 (HF's shift): labels[:, 1:] are the
-targets of hidden[:, :-1].
+`kernels.token_logprobs(h[N, H], W[V, H], targets[N], **head)` returns log softmax(y)[target] — fused, so the
+(B, T, V) logits are never materialised. y is the model's own final logits: h·Wᵀ + b through the transform its
+config asks for (Gemma-2's soft-cap, Cohere's / Granite's scales; `tokendpo.modeling.lm_head_spec`, which refuses,
+by config field, a head the kernels cannot express). Position t predicts token t+1 (HF's shift):
+labels[:, 1:] are the targets of hidden[:, :-1].
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ from dataclasses import dataclass
 import torch
 
 import kernels
+from tokendpo.modeling import lm_head_spec
 
 
 @dataclass
@@ -24,7 +27,7 @@ class SequenceLogps:
     mask: torch.Tensor  # (rows, T-1) bool, True on response targets
     logps: torch.Tensor  # (S,) per sequence, summed over response tokens (S = rows unless packed)
     lengths: torch.Tensor  # (S,) response tokens per sequence
-    mean_logit: torch.Tensor  # (S,) mean over response positions of mean_v logits (detached)
+    mean_logit: torch.Tensor  # (S,) mean over response positions of mean_v y_v, the final logits (detached)
     hidden: torch.Tensor | None = None  # (N, H) hidden states at response positions, when asked for
     kl: torch.Tensor | None = None  # (R,) Σ_t KL(π_ref(·|s_t) ‖ π(·|s_t)) over response positions, when asked for
 
@@ -114,8 +117,11 @@ def sequence_logps(model: torch.nn.Module, batch: dict[str, torch.Tensor], *, ke
     batch: input_ids (R, T), attention_mask (R, T), labels (R, T) with -100 off the response (positions aligned
     with input_ids; the shift happens here) — or a packed batch (`collate_packed`: one row, position_ids and
     seq_ids, attention_mask None), whose per-sequence outputs come out in the same order as the padded layout.
-    reference: optional callable mask -> (ref_hidden (N, H_ref), ref_weight, ref_bias); when given, the same
-    fused pass also returns TDPO's sequential KL Σ_t KL(π_ref ‖ π) per sequence.
+    reference: optional callable mask -> (ref_hidden (N, H_ref), ref_weight, ref_bias[, ref_head]); when given,
+    the same fused pass also returns TDPO's sequential KL Σ_t KL(π_ref ‖ π) per sequence. ref_head is the
+    reference's `kernels.LogitHead`; without it the reference is taken to share the policy's head transform (a
+    reference is a copy or an earlier checkpoint of the same architecture).
+    The model's final-logit transform (`lm_head_spec`) applies to every log-prob and to the mean logit.
     """
     hidden = batch_hidden(model, batch)
     targets = batch["labels"][:, 1:]  # (R, T-1)
@@ -129,18 +135,21 @@ def sequence_logps(model: torch.nn.Module, batch: dict[str, torch.Tensor], *, ke
         n_seq = mask.shape[0]
     per_seq = lambda x: torch.zeros(n_seq, dtype=x.dtype, device=x.device).index_add(0, owner, x)  # noqa: E731
     weight, bias = lm_head(model)
-    kl = None
-    if reference is None:
-        logp = kernels.token_logprobs(h, weight, targets[mask], bias=bias, impl=kernel)  # (N,) fp32
-    else:
-        ref_h, ref_w, ref_b = reference(mask)
-        stats = kernels.token_stats(h, weight, targets[mask], bias=bias, ref_hidden=ref_h, ref_weight=ref_w,
-                                    ref_bias=ref_b, impl=kernel)
-        logp, kl = stats.logps, per_seq(stats.kl)
+    head = lm_head_spec(model)
+    plain = head.mode == kernels.head.IDENTITY  # y = h·Wᵀ + b: the mean logit has a closed form below
+    ref_kw = {}
+    if reference is not None:
+        ref_h, ref_w, ref_b, *ref_head = reference(mask)
+        ref_kw = dict(ref_hidden=ref_h, ref_weight=ref_w, ref_bias=ref_b, ref_head=ref_head[0] if ref_head else head)
+    stats = kernels.token_stats(h, weight, targets[mask], bias=bias, impl=kernel, mean_logit=not plain,
+                                **head.kwargs(), **ref_kw)
+    logp = stats.logps  # (N,) fp32
+    kl = per_seq(stats.kl) if reference is not None else None
     token_logps = torch.zeros(mask.shape, dtype=logp.dtype, device=logp.device).masked_scatter(mask, logp)
     lengths = per_seq(torch.ones_like(owner))
-    with torch.no_grad():  # mean_v(h·W_v + b_v) = h·mean_v(W) + mean(b): the mean logit without the logits
-        per_pos = h.float() @ weight.float().mean(0) + (bias.float().mean() if bias is not None else 0.0)
+    with torch.no_grad():  # plain head: mean_v(h·W_v + b_v) = h·mean_v(W) + mean(b), without the logits
+        per_pos = (h.float() @ weight.float().mean(0) + (bias.float().mean() if bias is not None else 0.0)
+                   if plain else stats.mean_logit)
         mean_logit = per_seq(per_pos) / lengths.clamp(min=1)
     return SequenceLogps(token_logps, mask, per_seq(logp), lengths, mean_logit, h if keep_hidden else None, kl)
 

@@ -7,6 +7,7 @@ disk like any checkpoint — the tests and the built-in tasks use them because t
 from __future__ import annotations
 
 import copy
+import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -14,6 +15,8 @@ from pathlib import Path
 import torch
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors
 from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig, PreTrainedTokenizerFast
+
+import kernels
 
 # A minimal chat template (role headers, then content) so conversational data works with preset tokenizers.
 CHAT_TEMPLATE = (
@@ -141,20 +144,66 @@ def frozen_copy(model: torch.nn.Module) -> torch.nn.Module:
     return ref
 
 
-def check_lm_head_supported(model: torch.nn.Module) -> None:
-    """Refuse LM heads the fused kernels cannot express exactly (soft-capping, logit scaling).
+# How transformers' modeling code transforms the logits after the LM head, per config field: (field, model
+# families (model_type prefixes; None = every model that has the field), rule). Read from transformers 5.x's
+# *ForCausalLM.forward. A field that is set on a model of a family not listed is refused by name: we do not
+# know what that model does with it. `kernels.LogitHead` applies y = softcap·tanh(scale·z/softcap) / T.
+_HEAD_FIELDS = (
+    ("final_logit_softcapping", None, "softcap"),  # Gemma-2/3/3n/4, VaultGemma, nanochat, Mistral-Large-4, Muse
+    ("logits_soft_cap", ("recurrent_gemma",), "softcap"),
+    ("logit_scale", ("cohere",), "multiply"),  # Cohere, Cohere2, Cohere2-MoE: logits · logit_scale
+    ("output_multiplier", ("muse_",), "multiply"),  # MuseSpark/Glimmer: before the soft-cap
+    ("lm_head_multiplier", ("falcon_h1",), "multiply"),
+    ("logits_scaling", ("granite", "minicpm3"), "divide"),  # Granite divides the logits; MiniCPM3 the hidden
+    ("logits_scaling", ("hyperclovax",), "multiply"),  # states before a bias-free head: the same. HyperCLOVA X
+)
+_IGNORED_FIELDS = {("mpt", "logit_scale")}  # MPT's config has it; its modeling code never applies it
 
-    The kernels compute log softmax(h·Wᵀ + b); a model whose logits are transformed afterwards would get a
-    silently different loss, so it is an error instead.
+
+def lm_head_spec(model: torch.nn.Module) -> kernels.LogitHead:
+    """The final-logit transform of `model`'s LM head as a `kernels.LogitHead` (scale, soft-cap), read from its
+    config; raises ValueError naming the config field for a head the kernels cannot express.
+
+    Fields, as transformers names and applies them: `final_logit_softcapping` / `logits_soft_cap` (z → c·tanh(z/c)),
+    `logit_scale`, `output_multiplier`, `lm_head_multiplier` (z → s·z), `logits_scaling` (Granite, MiniCPM3:
+    z → z/s; HyperCLOVA X: z → s·z). A multiplier applies inside the soft-cap, as in the models' code.
     """
     cfg = model.config
-    for attr in ("final_logit_softcapping", "logit_scale", "logits_scaling"):
-        val = getattr(cfg, attr, None)
-        if val not in (None, 1.0, 0.0):
-            raise ValueError(
-                f"model config has {attr}={val}: tokendpo's log-prob kernels compute log softmax(h·Wᵀ+b) and "
-                f"cannot express it exactly; this model is not supported yet"
-            )
+    cfg = cfg.get_text_config() if hasattr(cfg, "get_text_config") else cfg
+    model_type = str(getattr(cfg, "model_type", "") or getattr(model.config, "model_type", ""))
+    softcap, scale = None, 1.0
+    for field, families, rule in _HEAD_FIELDS:
+        value = getattr(cfg, field, None)
+        if value is None or (model_type, field) in _IGNORED_FIELDS:
+            continue
+        if families is not None and not model_type.startswith(families):
+            if any(f == field and (fam is None or model_type.startswith(fam)) for f, fam, _ in _HEAD_FIELDS):
+                continue  # another row of the table covers this family
+            raise ValueError(f"model config has {field}={value!r} (model_type {model_type!r}): tokendpo does not know "
+                             f"how this model applies {field} to its logits, so its log-probs cannot be computed "
+                             f"exactly; this LM head is not supported")
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 0:
+            raise ValueError(f"model config has {field}={value!r}: tokendpo's log-prob kernels need a finite number "
+                             f"> 0 there (the model's own logits would not be finite either)")
+        if rule == "softcap":
+            softcap = float(value)
+        else:
+            scale *= float(value) if rule == "multiply" else 1.0 / float(value)
+    if model_type.startswith("minicpm3") and scale != 1.0:
+        weight_bias = getattr(model.get_output_embeddings(), "bias", None)
+        if weight_bias is not None:  # it scales the hidden states, which equals scaling z only without a bias
+            raise ValueError("model config has logits_scaling with a biased LM head (minicpm3 scales the hidden "
+                             "states, not the logits): this LM head is not supported")
+    return kernels.LogitHead(softcap=softcap, logit_scale=scale)
+
+
+def check_lm_head_supported(model: torch.nn.Module) -> kernels.LogitHead:
+    """Refuse, by config field, an LM head the fused kernels cannot express; return the head they compute.
+
+    The kernels compute log softmax of y = c·tanh(s·z/c) (z = h·Wᵀ + b) for the soft-cap c and scale s that
+    `lm_head_spec` reads from the config; any other transform would silently change the loss, so it is an error.
+    """
+    return lm_head_spec(model)
 
 
 def apply_lora(model: torch.nn.Module, model_cfg, checkpoint: str | os.PathLike | None = None) -> torch.nn.Module:
