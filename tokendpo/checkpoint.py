@@ -7,15 +7,18 @@ uses weights_only=True.
 
 from __future__ import annotations
 
+import errno
 import json
 import random
 import re
 import shutil
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
+
+from tokendpo.rundir import describe_os_error
 
 CKPT_RE = re.compile(r"^checkpoint-(\d+)$")
 
@@ -30,13 +33,14 @@ class TrainState:
     stopped_early: bool = False
     log_history_len: int = 0  # rows of metrics.jsonl written up to this step
     world_size: int = 1  # processes that wrote the checkpoint (resume at another size keeps the global batch)
-    extra: dict = field(default_factory=dict)
 
     def state_dict(self) -> dict:
         return asdict(self)
 
     @classmethod
     def from_state_dict(cls, d: dict) -> "TrainState":
+        d = dict(d)
+        d.pop("extra", None)  # written by earlier versions, never used
         return cls(**d)
 
 
@@ -71,15 +75,25 @@ def save_checkpoint(output_dir: Path, step: int, *, save_model_fn, tokenizer, op
     final = output_dir / f"checkpoint-{step}"
     tmp = output_dir / f".tmp-checkpoint-{step}"
     shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    save_model_fn(tmp)
-    tokenizer.save_pretrained(tmp)
-    torch.save(optimizer_state, tmp / "optimizer.pt")
-    torch.save(scheduler.state_dict(), tmp / "scheduler.pt")
-    # numpy/python RNG states are plain tuples/arrays; pickled through torch.save but loaded weights_only below
-    torch.save(_rng_to_tensors(rng_state()), tmp / "rng.pt")
-    (tmp / "trainer_state.json").write_text(json.dumps(state.state_dict(), indent=1))
-    (tmp / "train_config.yaml").write_text(config_yaml)
+    try:
+        tmp.mkdir(parents=True)
+        save_model_fn(tmp)
+        tokenizer.save_pretrained(tmp)
+        torch.save(optimizer_state, tmp / "optimizer.pt")
+        torch.save(scheduler.state_dict(), tmp / "scheduler.pt")
+        # numpy/python RNG states are plain tuples/arrays; pickled through torch.save but loaded weights_only below
+        torch.save(_rng_to_tensors(rng_state()), tmp / "rng.pt")
+        (tmp / "trainer_state.json").write_text(json.dumps(state.state_dict(), indent=1))
+        (tmp / "train_config.yaml").write_text(config_yaml)
+    except (OSError, RuntimeError) as e:  # a full disk surfaces as OSError, or as RuntimeError from torch.save
+        shutil.rmtree(tmp, ignore_errors=True)
+        if isinstance(e, RuntimeError) and "write" not in str(e).lower():
+            raise
+        errno_ = getattr(e, "errno", None) or errno.EIO
+        kept = list_checkpoints(output_dir)
+        raise OSError(errno_, describe_os_error(e if isinstance(e, OSError) else OSError(errno_, str(e)),
+                                                f"saving checkpoint-{step}")
+                      + (f"; {kept[-1].name} is intact" if kept else "")) from e
     if final.exists():
         shutil.rmtree(final)
     tmp.rename(final)  # atomic on one filesystem: a checkpoint dir is either complete or absent

@@ -18,7 +18,7 @@ from typing import Any
 import yaml
 
 KERNELS = ("auto", "triton", "chunked", "naive")
-from tokendpo.losses import LOSS_TYPES  # noqa: E402 - the one list of loss types
+from tokendpo.losses import F_DIVERGENCES, LOSS_TYPES, check_options  # noqa: E402 - the loss registry
 
 
 def _f(default: Any, help: str, choices: tuple | None = None):  # noqa: A002 - `help` reads best here
@@ -62,11 +62,52 @@ class DataConfig:
 @dataclass
 class LossConfig:
     beta: float = _f(0.1, "β: strength of the KL penalty; implicit reward r = β·(log π − log π_ref)")
-    loss_type: str = _f("sigmoid", "preference loss", LOSS_TYPES)
-    label_smoothing: float = _f(0.0, "ε of conservative DPO (sigmoid) / robust DPO")
+    loss_type: str = _f("sigmoid", "preference loss, or a comma-separated mixture (e.g. sigmoid,sft) of: "
+                        + ", ".join(LOSS_TYPES))
+    loss_weights: list[float] | None = _f(None, "one weight per --loss_type of a mixture, comma-separated "
+                                                "(default: all 1)")
+    label_smoothing: float = _f(0.0, "ε: conservative DPO (sigmoid), robust DPO, SimPO, AOT; EXO's label "
+                                     "distribution (exo_pair needs ε > 0)")
     alpha: float = _f(0.5, "α of TDPO (weight of the sequential KL term)")
     gamma: float = _f(0.5, "γ of SimPO (target reward margin)")
     rpo_alpha: float = _f(0.0, "weight of an SFT (NLL) term on the chosen response (RPO); 0 = off")
+    f_divergence: str = _f("reverse_kl", "f-divergence regulariser of f-DPO (only for losses built on the "
+                                         "chosen - rejected difference)", F_DIVERGENCES)
+    f_alpha: float = _f(0.5, "α of --f_divergence alpha_divergence")
+    discopop_tau: float = _f(0.05, "τ of the discopop loss (> 0)")
+    ld_alpha: float | None = _f(None, "LD-DPO: weight in [0, 1] of the tokens past the shorter response of a "
+                                      "pair (unset = off)")
+    use_weighting: bool = _f(False, "WPO: weight each pair by its responses' length-normalised, "
+                                    "sampling-aligned probabilities")
+    sync_ref_model: bool = _f(False, "TR-DPO: every --ref_model_sync_steps steps the reference becomes "
+                                     "α·policy + (1-α)·reference")
+    ref_model_mixup_alpha: float = _f(0.6, "α of --sync_ref_model, in (0, 1]")
+    ref_model_sync_steps: int = _f(512, "steps between reference syncs of --sync_ref_model (>= 1)")
+
+    def check(self, model: ModelConfig, resuming: bool = False) -> None:
+        """The loss options together (the registry's rules, `tokendpo.losses.check_options`) and TR-DPO's
+        requirements, as ConfigErrors naming the flags."""
+        try:
+            check_options(self.loss_type, beta=self.beta, label_smoothing=self.label_smoothing,
+                          loss_weights=self.loss_weights, f_divergence=self.f_divergence, f_alpha=self.f_alpha,
+                          discopop_tau=self.discopop_tau, ld_alpha=self.ld_alpha, use_weighting=self.use_weighting)
+        except ValueError as e:
+            raise ConfigError(f"--loss_type {self.loss_type}: {e}") from None
+        if not self.sync_ref_model:
+            return
+        if model.ref_logps == "precompute":
+            raise ConfigError("--sync_ref_model updates the reference during training, so its log-probs cannot be "
+                              "precomputed: use --ref_logps online")
+        if model.lora_r > 0:
+            raise ConfigError("--sync_ref_model needs a separate reference model to update; with --lora_r the "
+                              "reference is the adapter-disabled policy. Use full fine-tuning")
+        if resuming:
+            raise ConfigError("--sync_ref_model runs cannot be resumed yet: checkpoints do not hold the synced "
+                              "reference weights")
+        if not 0 < self.ref_model_mixup_alpha <= 1:
+            raise ConfigError(f"--ref_model_mixup_alpha {self.ref_model_mixup_alpha}: must be in (0, 1]")
+        if self.ref_model_sync_steps < 1:
+            raise ConfigError(f"--ref_model_sync_steps {self.ref_model_sync_steps}: must be >= 1")
 
 
 @dataclass
@@ -93,7 +134,10 @@ class TrainConfig:
     save_steps: int = _f(0, "write checkpoint-{step}/ every N steps (0 = never)")
     save_total_limit: int = _f(0, "keep only the newest N checkpoints (0 = keep all)")
     early_stopping_patience: int = _f(0, "stop after N evals without a better eval_rewards/accuracies (0 = off)")
-    resume_from: str | None = _f(None, "checkpoint dir to resume from, or 'latest' (newest in --output_dir)")
+    resume_from: str | None = _f(None, "checkpoint dir to resume from, or 'latest' (newest in --output_dir); "
+                                       "a larger --max_steps follows the new schedule from the first resumed step")
+    overwrite_output_dir: bool = _f(False, "when --output_dir already holds a run, delete tokendpo's files there and "
+                                           "start afresh (default: refuse)")
     seed: int = _f(42, "seed for init, data order and dropout")
     kernel: str = _f("auto", "token log-prob implementation (auto = triton on CUDA, chunked otherwise)", KERNELS)
     nan_policy: str = _f("stop", "on NaN/inf loss or gradients: stop (keep last good checkpoint) or skip the step",
@@ -157,10 +201,19 @@ def _convert(key: str, raw: Any, typ: Any, where: str) -> Any:
         if optional or typing.get_origin(base) is list:
             return None
         raise ConfigError(f"{where}: key {key!r} may not be empty")
+    is_list = typing.get_origin(base) is list
+    if isinstance(raw, (dict, list, tuple)) and not (is_list and not isinstance(raw, dict)):
+        kind = "a mapping" if isinstance(raw, dict) else "a list"
+        raise ConfigError(f"{where}: key {key!r}: expected a single {getattr(base, '__name__', base)}, got {kind}")
+    if isinstance(raw, bool) and base in (int, float):  # YAML `true` is not the number 1
+        raise ConfigError(f"{where}: key {key!r}: expected {base.__name__}, got boolean {raw}")
+    if not isinstance(raw, (str, int, float, bool, list, tuple)):  # YAML dates and the like
+        raise ConfigError(f"{where}: key {key!r}: cannot read a {type(raw).__name__} as {getattr(base, '__name__', base)}")
     try:
-        if typing.get_origin(base) is list:
+        if is_list:
             items = raw.split(",") if isinstance(raw, str) else list(raw)
-            return [str(x).strip() for x in items if str(x).strip()]
+            item = (typing.get_args(base) or (str,))[0]  # list[str], list[float], ...
+            return [item(str(x).strip()) for x in items if str(x).strip()]
         if base is bool:
             if isinstance(raw, bool):
                 return raw

@@ -15,6 +15,8 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
+import os
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,7 +28,10 @@ from kernels.rewards import implicit_reward
 from tokendpo.config import DataConfig
 from tokendpo.data import TokenizedPair, collate_pairs, load_preference_data
 from tokendpo.logps import sequence_logps
+from tokendpo.model_checks import (check_max_positions, check_model_fits_tokenizer, check_same_model_vocab,
+                                   check_same_vocabulary)
 from tokendpo.modeling import load_model, load_tokenizer
+from tokendpo.rundir import write_atomic
 
 
 @torch.no_grad()
@@ -113,6 +118,36 @@ def evaluate_pairs(policy, reference, tokenizer, pairs: list[TokenizedPair], *, 
     return s
 
 
+def _check_args(args) -> Path:
+    """Every argument checked before a model is loaded or a file written; returns the output dir."""
+    if args.batch_size < 1:
+        raise ValueError(f"--batch_size {args.batch_size}: must be >= 1")
+    if not (math.isfinite(args.beta) and args.beta > 0):
+        raise ValueError(f"--beta {args.beta}: must be a finite number > 0")
+    if args.max_pairs < 0:
+        raise ValueError(f"--max_pairs {args.max_pairs}: must be >= 0 (0 = all)")
+    if args.max_prompt_length < 1 or args.max_prompt_length >= args.max_length:
+        raise ValueError(f"--max_prompt_length {args.max_prompt_length} must be >= 1 and < --max_length "
+                         f"{args.max_length}")
+    out_dir = Path(args.output_dir or args.policy)
+    if out_dir.exists() and not out_dir.is_dir():
+        raise ValueError(f"--output_dir {out_dir}: exists and is not a directory")
+    return out_dir
+
+
+def _check_pair(policy, reference, tokenizer, args) -> None:
+    """Policy and reference must share one vocabulary; sequences must fit the policy's positions."""
+    check_model_fits_tokenizer(policy, tokenizer, f"--policy {args.policy}")
+    check_same_model_vocab(policy, reference, f"--policy {args.policy}", f"--ref {args.ref}")
+    try:
+        ref_tok = load_tokenizer(args.ref)
+    except (ValueError, OSError):
+        ref_tok = None  # a reference saved without a tokenizer: the vocabulary sizes were compared above
+    if ref_tok is not None:
+        check_same_vocabulary(tokenizer, ref_tok, f"--policy {args.policy}", f"--ref {args.ref}")
+    check_max_positions(policy, args.max_length, f"--policy {args.policy}", "--max_length")
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m tokendpo.eval", description=__doc__.split("\n\n")[0])
     ap.add_argument("--policy", required=True, help="trained policy: output dir of tokendpo.train or any HF checkpoint")
@@ -132,8 +167,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--output_dir", default=None, help="where token_rewards.jsonl goes (default: --policy)")
     args = ap.parse_args(argv)
     try:
+        out_dir = _check_args(args)
         tokenizer = load_tokenizer(args.policy)
         policy, reference = load_model(args.policy).eval(), load_model(args.ref).eval()
+        _check_pair(policy, reference, tokenizer, args)
         data_cfg = DataConfig(dataset=args.dataset, dataset_split=args.dataset_split, prompt_field=args.prompt_field,
                               chosen_field=args.chosen_field, rejected_field=args.rejected_field,
                               max_length=args.max_length, max_prompt_length=args.max_prompt_length,
@@ -144,13 +181,19 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     if args.max_pairs > 0:
         pairs = pairs[:args.max_pairs]
-    out_dir = Path(args.output_dir or args.policy)
     out_dir.mkdir(parents=True, exist_ok=True)
-    with (out_dir / "token_rewards.jsonl").open("w") as f:
-        summary = evaluate_pairs(policy, reference, tokenizer, pairs, beta=args.beta, batch_size=args.batch_size,
-                                 kernel=args.kernel, writer=f)
+    # whole-file outputs: written beside, then moved into place, so a failure never truncates an earlier result
+    final = out_dir / "token_rewards.jsonl"
+    tmp = final.with_name(f".{final.name}.tmp-{os.getpid()}")
+    try:
+        with tmp.open("w") as f:
+            summary = evaluate_pairs(policy, reference, tokenizer, pairs, beta=args.beta,
+                                     batch_size=args.batch_size, kernel=args.kernel, writer=f)
+        os.replace(tmp, final)
+    finally:
+        tmp.unlink(missing_ok=True)
     summary.extra = {"skipped_rows": stats.skipped}
-    (out_dir / "eval_summary.json").write_text(json.dumps(summary.__dict__, indent=1))
+    write_atomic(out_dir / "eval_summary.json", json.dumps(summary.__dict__, indent=1))
     print(json.dumps(summary.__dict__, indent=1))
     print(f"wrote {out_dir / 'token_rewards.jsonl'}")
     return 0

@@ -108,7 +108,11 @@ def _gguf_split(path: str) -> tuple[str, str | None]:
 def load_tokenizer(path: str) -> PreTrainedTokenizerFast:
     """Tokenizer of a hub id, local dir or .gguf file; pad falls back to EOS (never silently to id 0)."""
     src, gguf = _gguf_split(path)
-    tok = AutoTokenizer.from_pretrained(src, gguf_file=gguf) if gguf else AutoTokenizer.from_pretrained(src)
+    try:
+        tok = AutoTokenizer.from_pretrained(src, gguf_file=gguf) if gguf else AutoTokenizer.from_pretrained(src)
+    except Exception as e:  # noqa: BLE001 - missing or corrupt tokenizer files: one clear line naming the path
+        first = (str(e).strip().splitlines() or [""])[0][:300]
+        raise ValueError(f"{path}: cannot load a tokenizer from it ({e.__class__.__name__}: {first})") from e
     if tok.pad_token_id is None:
         tok.pad_token = tok.eos_token
     if tok.eos_token_id is None:
@@ -124,9 +128,9 @@ def load_model(path: str, *, dtype: torch.dtype = torch.float32) -> torch.nn.Mod
         kwargs["gguf_file"] = gguf
     try:
         model = AutoModelForCausalLM.from_pretrained(src, **kwargs)
-    except OSError as e:
-        raise OSError(f"--model {path!r}: cannot load a causal LM from it ({e.__class__.__name__}: "
-                      f"{str(e).splitlines()[0]})") from e
+    except Exception as e:  # noqa: BLE001 - corrupt/truncated safetensors, refused pickles, bad configs: one clear line
+        first = (str(e).strip().splitlines() or [""])[0][:300]
+        raise ValueError(f"{path}: cannot load a causal LM from it ({e.__class__.__name__}: {first})") from e
     if gguf and getattr(model, "hf_quantizer", None) is not None:
         # transformers dequantises GGUF tensors while loading but keeps a GGUF "quantizer" marker, and
         # save_pretrained refuses to save such a model ("quantized with gguf and is not serializable"). The

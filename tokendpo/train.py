@@ -14,6 +14,7 @@ import json
 import sys
 
 from tokendpo import config as config_mod
+from tokendpo.rundir import RunLockedError
 from tokendpo.tasks.pipeline import run_pipeline
 from tokendpo.training import NonFiniteError, micro_batch, train  # noqa: F401 - re-exported for library users
 
@@ -35,7 +36,7 @@ def main(argv: list[str] | None = None) -> int:
             run_pipeline(task, output_dir, seed=cfg.train.seed, progress=cfg.train.progress)
             return 0
         result = train(cfg, cli_values=cli_values)
-    except (config_mod.ConfigError, ValueError, FileNotFoundError, OSError, NonFiniteError) as e:
+    except (config_mod.ConfigError, ValueError, FileNotFoundError, OSError, NonFiniteError, RunLockedError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     print(json.dumps({k: round(v, 6) for k, v in result.items()}, indent=1))

@@ -17,7 +17,7 @@ from tokendpo.modeling import load_model
 
 def cmd(model_dir, data, out, *extra):
     return [sys.executable, "-m", "tokendpo.train", "--model", str(model_dir), "--dataset", str(data),
-            "--output_dir", str(out), "--max_length", "64", "--per_device_train_batch_size", "2",
+            "--output_dir", str(out), "--max_length", "64", "--max_prompt_length", "32", "--per_device_train_batch_size", "2",
             "--learning_rate", "1e-3", "--seed", "3", "--progress", "false", *extra]
 
 

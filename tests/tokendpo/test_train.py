@@ -38,7 +38,7 @@ def make_cfg(model_dir, data, out, **overrides) -> Config:
     cfg = Config()
     cfg.model.model = str(model_dir)
     cfg.data.dataset = str(data)
-    cfg.data.max_length = 64
+    cfg.data.max_length, cfg.data.max_prompt_length = 64, 32
     cfg.train.output_dir = str(out)
     cfg.train.max_steps = 3
     cfg.train.per_device_train_batch_size = 4
