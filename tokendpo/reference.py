@@ -6,6 +6,9 @@
   data, the cache is keyed by a hash of the reference weights, the tokenised pairs and the relevant config, and
   later runs reuse it. For TDPO, which needs the reference's full next-token distribution, the cache holds the
   reference's final hidden states at response positions and only the reference LM-head weight is kept.
+
+A separate reference model can also move during training: TR-DPO's `--sync_ref_model` mixes the policy into it
+every k steps (`Reference.mix_in`).
 """
 
 from __future__ import annotations
@@ -55,6 +58,41 @@ class Reference:
         with self._ctx():
             h = batch_hidden(self.model, batch)
         return h[:, :-1][batch["labels"][:, 1:] != -100]
+
+    @torch.no_grad()
+    def token_logps(self, batch: dict[str, torch.Tensor], indices: list[int]) -> torch.Tensor:
+        """(2B, L) per-token reference log-probs, left-aligned (token t of each response in column t, 0 past its
+        length); rows in collate_pairs order. LD-DPO weights tokens by position, so it needs these."""
+        if self.cache is not None:
+            offsets, flat = self.cache["offsets"], self.cache["logps"]
+            order = [2 * i for i in indices] + [2 * i + 1 for i in indices]
+            parts = [flat[offsets[s]:offsets[s + 1]] for s in order]
+            return torch.nn.utils.rnn.pad_sequence(parts, batch_first=True).to(batch["input_ids"].device)
+        with self._ctx():
+            out = sequence_logps(self.model, batch, kernel=self.kernel)
+        return response_token_matrix(out.token_logps, out.mask, batch.get("seq_ids"))
+
+    @torch.no_grad()
+    def mix_in(self, policy: torch.nn.Module, alpha: float) -> None:
+        """TR-DPO's soft update (Gorbatovski et al. 2024, "Learn Your Reference Model for Real Good Alignment",
+        https://arxiv.org/abs/2404.09656):  θ_ref ← α·θ + (1 − α)·θ_ref, parameter by parameter.
+
+        policy: the (unwrapped) policy model with the reference's parameter names. Under FSDP2 its parameters are
+        DTensor shards: each is gathered in full (`full_tensor`, a collective — every rank calls this, in the same
+        parameter order) and every rank updates its own full copy of the reference, so all ranks stay equal."""
+        if self.model is None or self.adapter_host is not None:
+            raise ValueError("--sync_ref_model needs a separate reference model (not a precomputed cache, not the "
+                             "adapter-disabled policy)")
+        ref_params = dict(self.model.named_parameters())
+        pol_params = dict(policy.named_parameters())
+        if ref_params.keys() != pol_params.keys():
+            only = sorted(ref_params.keys() ^ pol_params.keys())[:3]
+            raise ValueError(f"--sync_ref_model: the reference and the policy have different parameters "
+                             f"(e.g. {', '.join(only)}); mixing needs the same architecture")
+        for name, p in pol_params.items():  # one fixed order on every rank: the collectives line up
+            full = p.full_tensor() if hasattr(p, "full_tensor") else p
+            target = ref_params[name]
+            target.mul_(1 - alpha).add_(full.detach().to(device=target.device, dtype=target.dtype), alpha=alpha)
 
     def lm_head(self) -> tuple[torch.Tensor, torch.Tensor | None]:
         if self.head is not None:
@@ -109,6 +147,29 @@ class Reference:
         if self.adapter_host is None:
             self.model = None  # free the reference model
         return path
+
+
+def response_token_matrix(token_logps: torch.Tensor, mask: torch.Tensor,
+                          seq_ids: torch.Tensor | None = None) -> torch.Tensor:
+    """(S, L) per-response token values, left-aligned, 0 past each length; differentiable.
+
+    token_logps, mask: (rows, T-1) as `SequenceLogps` holds them (position t predicts token t+1). Padded batches
+    have one response per row (S = rows); packed ones (`seq_ids` (1, T), the batch's) several per row, in
+    sequence-id order as `sequence_logps` sums them."""
+    values = token_logps[mask]  # (N,), row-major: each response's tokens in order
+    if seq_ids is None:
+        owner = torch.arange(mask.shape[0], device=mask.device).unsqueeze(1).expand_as(mask)[mask]
+        n_seq = mask.shape[0]
+    else:
+        owner = seq_ids[:, 1:][mask]
+        n_seq = int(seq_ids.max()) + 1
+    order = torch.argsort(owner, stable=True)  # group by response, keeping token order
+    values, owner = values[order], owner[order]
+    counts = torch.bincount(owner, minlength=n_seq)  # (S,)
+    starts = counts.cumsum(0) - counts
+    pos = torch.arange(owner.shape[0], device=owner.device) - starts[owner]  # token index within its response
+    out = values.new_zeros(n_seq, int(counts.max()) if owner.numel() else 0)
+    return out.index_put((owner, pos), values)
 
 
 def cache_key(ref_model: torch.nn.Module, pairs: list[TokenizedPair], config: dict) -> str:
