@@ -1,8 +1,13 @@
-"""Shared helpers for the kernel tests: random problems and the comparison against the float64 naive oracle."""
+"""Shared helpers for the kernel tests: random problems and the comparison against the float64 naive oracle.
+
+Problems live on the GPU when there is one (Triton then runs compiled; tests/kernels/conftest.py leaves
+TRITON_INTERPRET unset), on the CPU otherwise (Triton in its interpreter)."""
 
 import torch
 
 from kernels.logprobs_naive import naive_token_stats
+
+DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 
 
 def make_problem(N, V, H, *, dtype=torch.float32, bias=True, ref=False, ignored=(), seed=0, H_ref=None):
@@ -21,7 +26,8 @@ def make_problem(N, V, H, *, dtype=torch.float32, bias=True, ref=False, ignored=
         p["ref_weight"] = torch.randn(V, hr, generator=g, dtype=torch.float64) * (2.0 / hr**0.5)
         p["ref_bias"] = torch.randn(V, generator=g, dtype=torch.float64) if bias else None
     # Round to the test dtype once, so the oracle sees exactly the inputs the implementation sees.
-    return {k: v.to(dtype) if isinstance(v, torch.Tensor) and v.is_floating_point() else v for k, v in p.items()}
+    return {k: (v.to(dtype) if v.is_floating_point() else v).to(DEVICE) if isinstance(v, torch.Tensor) else v
+            for k, v in p.items()}
 
 
 def run(fn, problem, *, entropy=False, seed=1, **kwargs):
@@ -32,7 +38,7 @@ def run(fn, problem, *, entropy=False, seed=1, **kwargs):
     outs = fn(p["hidden"], p["weight"], p["targets"], bias=p["bias"], entropy=entropy,
               ref_hidden=p.get("ref_hidden"), ref_weight=p.get("ref_weight"), ref_bias=p.get("ref_bias"), **kwargs)
     g = torch.Generator().manual_seed(seed)
-    loss = sum((o * torch.randn(o.shape, generator=g, dtype=torch.float64).to(o.dtype)).sum()
+    loss = sum((o * torch.randn(o.shape, generator=g, dtype=torch.float64).to(o.device, o.dtype)).sum()
                for o in outs[:3] if o is not None)
     outs = [o for o in outs if o is not None]
     wrt = [p["hidden"], p["weight"]] + ([p["bias"]] if p["bias"] is not None else [])
@@ -65,7 +71,7 @@ def with_top1_targets(problem, head_kwargs, every=3):
     z = p["hidden"].double() @ p["weight"].double().T + (0 if p["bias"] is None else p["bias"].double())
     top = LogitHead(**head_kwargs).apply(z).argmax(1)  # (N,)
     t = p["targets"].clone()
-    rows = torch.arange(0, t.shape[0], every)
+    rows = torch.arange(0, t.shape[0], every, device=t.device)
     rows = rows[t[rows] != -100]
     t[rows] = top[rows]
     p["targets"] = t

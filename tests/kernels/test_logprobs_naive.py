@@ -30,7 +30,7 @@ def test_naive_matches_definitions_float64():
     p = make_problem(9, 53, 7, dtype=torch.float64, ref=True, ignored=(2,), seed=3)
     got = naive_token_stats(**{k: v for k, v in p.items()}, entropy=True)
     for a, b in zip(got, _row_by_row(p)):
-        torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
+        torch.testing.assert_close(a.cpu(), b, rtol=1e-12, atol=1e-12)
     torch.testing.assert_close(naive_token_logprobs(p["hidden"], p["weight"], p["targets"], bias=p["bias"]), got[0])
 
 
@@ -72,5 +72,6 @@ def test_naive_head_and_statistics_match_definitions_float64():
         want["mean"].append(math.fsum(y) / len(y))
         want["top1"].append(float(y.index(max(y)) == t))
     for a, k in zip(got, want):
-        torch.testing.assert_close(a.double(), torch.tensor(want[k], dtype=torch.float64), rtol=1e-12, atol=1e-12)
+        torch.testing.assert_close(a.double().cpu(), torch.tensor(want[k], dtype=torch.float64), rtol=1e-12,
+                                   atol=1e-12)
     assert got[5][4] and got[5].sum() >= 1 and not got[5][2]
