@@ -168,6 +168,41 @@ def test_fsdp_failure_shuts_down_and_resumes_in_one_process(tiny_model_dir, data
                         tiny_model_dir / "model.safetensors")
 
 
+def test_decoder_layers_are_the_no_split_classes(tiny_model_dir):
+    """In one process: the FSDP units are the instances of the classes `_no_split_modules` names, found through the
+    PolicyLogps wrapper, outermost only (a named class nested in another named one is not a unit of its own)."""
+    import torch
+
+    from tokendpo.distributed import decoder_layers
+    from tokendpo.logps import PolicyLogps
+    from tokendpo.modeling import load_model
+
+    model = load_model(str(tiny_model_dir))
+    layers = decoder_layers(PolicyLogps(model))
+    assert [id(m) for m in layers] == [id(m) for m in model.model.layers]
+    assert len(layers) == n_layers(tiny_model_dir)
+
+    class Inner(torch.nn.Linear):
+        pass
+
+    class Block(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.inner = Inner(3, 3)
+
+    class Net(torch.nn.Module):
+        _no_split_modules = ["Block", "Inner"]
+
+        def __init__(self):
+            super().__init__()
+            self.blocks = torch.nn.ModuleList([Block(), Block()])
+            self.head = Inner(3, 3)
+
+    net = Net()
+    assert [id(m) for m in decoder_layers(net)] == [id(net.blocks[0]), id(net.blocks[1]), id(net.head)]
+    assert decoder_layers(torch.nn.Sequential(torch.nn.Linear(2, 2))) == []
+
+
 # ---------------------------------------------------------------------------------------------- torchrun worker
 
 def worker(record_dir: Path, fail_at_forward: int, argv: list[str]) -> None:
