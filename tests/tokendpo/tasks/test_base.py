@@ -52,3 +52,30 @@ def test_bad_arguments_are_clear_errors():
         task.prompts("test", 3, seed=0)
     with pytest.raises(ValueError, match="distinct heldout prompts"):
         task.prompts("heldout", 100_000, seed=0)
+
+
+@pytest.mark.parametrize("name", sorted(TASKS))
+def test_every_task_has_a_plain_and_an_rpo_recipe_sharing_sft_and_pairs(name):
+    from dataclasses import asdict
+
+    from tokendpo.tasks.pipeline import PipelineSettings
+
+    task = get_task(name)
+    plain, rpo = task.get_recipe("plain"), task.get_recipe("rpo")
+    assert plain.rpo_alpha == 0.0 and rpo.rpo_alpha > 0.0
+    shared = ("sft_examples", "sft_steps", "sft_batch_size", "sft_lr", "pair_prompts", "k", "eval_pair_prompts",
+              "label_temperature", "max_new_tokens", "beta")
+    assert {k: asdict(plain)[k] for k in shared} == {k: asdict(rpo)[k] for k in shared}
+    assert task.recipe is task.recipes[task.default_recipe]
+    s = PipelineSettings.resolve(task, recipe="plain", seed=0)
+    assert s.recipe == "plain" and s.rpo_alpha == 0.0
+    assert PipelineSettings.resolve(task, seed=0).recipe == task.default_recipe
+    with pytest.raises(ValueError, match="has no recipe 'dpo'"):
+        task.get_recipe("dpo")
+
+
+@pytest.mark.parametrize("name", sorted(TASKS))
+def test_ceiling_bounds_the_corpus(name):
+    task = get_task(name)
+    for p, r in task.corpus(300, seed=5):
+        assert task.gold_reward(p, r) <= task.ceiling(p) + 1e-12

@@ -35,3 +35,17 @@ def test_bradley_terry_frequencies_match_sigmoid():
     assert bradley_terry_label(5.0, -5.0, 1e-3, rng) is True  # huge z, no overflow
     with pytest.raises(ValueError, match="temperature"):
         bradley_terry_label(0.1, 0.0, 0.0, rng)
+
+
+def test_wilson_and_mean_intervals_hand_computed():
+    """Wilson with k = 0 of n = 10: upper z²/(n + z²) = 3.8415/13.8415 = 0.2775; k = n: lower 10/13.8415 = 0.7225.
+    mean ± 1.96·s/√n of [1, 2, 3]: 2 ± 1.96/√3 = 2 ± 1.1316."""
+    from tokendpo.tasks.metrics import mean_interval, wilson_interval
+
+    assert wilson_interval(0, 10) == pytest.approx((0.0, 0.2775), abs=1e-4)
+    assert wilson_interval(10, 10) == pytest.approx((0.7225, 1.0), abs=1e-4)
+    lo, hi = wilson_interval(37, 100)
+    assert lo < 0.37 < hi and hi - lo == pytest.approx(2 * 1.96 * (0.37 * 0.63 / 100) ** 0.5, abs=0.01)
+    assert mean_interval([1.0, 2.0, 3.0]) == pytest.approx((2.0, 2 - 1.1316, 2 + 1.1316), abs=1e-4)
+    with pytest.raises(ValueError):
+        mean_interval([])
