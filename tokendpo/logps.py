@@ -30,6 +30,7 @@ class SequenceLogps:
     mean_logit: torch.Tensor  # (S,) mean over response positions of mean_v y_v, the final logits (detached)
     hidden: torch.Tensor | None = None  # (N, H) hidden states at response positions, when asked for
     kl: torch.Tensor | None = None  # (R,) Σ_t KL(π_ref(·|s_t) ‖ π(·|s_t)) over response positions, when asked for
+    log_sum_sq: torch.Tensor | None = None  # (S,) Σ_t log Σ_v π_v(s_t)² over response positions (WPO), when asked for
 
 
 def lm_head(model: torch.nn.Module) -> tuple[torch.Tensor, torch.Tensor | None]:
@@ -111,7 +112,7 @@ def batch_hidden(model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> torc
 
 
 def sequence_logps(model: torch.nn.Module, batch: dict[str, torch.Tensor], *, kernel: str = "auto",
-                   keep_hidden: bool = False, reference=None) -> SequenceLogps:
+                   keep_hidden: bool = False, reference=None, log_sum_sq: bool = False) -> SequenceLogps:
     """Per-token and per-sequence log-probs of the labelled (response) tokens of `batch`.
 
     batch: input_ids (R, T), attention_mask (R, T), labels (R, T) with -100 off the response (positions aligned
@@ -122,6 +123,7 @@ def sequence_logps(model: torch.nn.Module, batch: dict[str, torch.Tensor], *, ke
     reference's `kernels.LogitHead`; without it the reference is taken to share the policy's head transform (a
     reference is a copy or an earlier checkpoint of the same architecture).
     The model's final-logit transform (`lm_head_spec`) applies to every log-prob and to the mean logit.
+    log_sum_sq: also return Σ_t log Σ_v π_v² per sequence (WPO's weight), from the same fused pass, no gradient.
     """
     hidden = batch_hidden(model, batch)
     targets = batch["labels"][:, 1:]  # (R, T-1)
@@ -142,7 +144,7 @@ def sequence_logps(model: torch.nn.Module, batch: dict[str, torch.Tensor], *, ke
         ref_h, ref_w, ref_b, *ref_head = reference(mask)
         ref_kw = dict(ref_hidden=ref_h, ref_weight=ref_w, ref_bias=ref_b, ref_head=ref_head[0] if ref_head else head)
     stats = kernels.token_stats(h, weight, targets[mask], bias=bias, impl=kernel, mean_logit=not plain,
-                                **head.kwargs(), **ref_kw)
+                                log_sum_sq=log_sum_sq, **head.kwargs(), **ref_kw)
     logp = stats.logps  # (N,) fp32
     kl = per_seq(stats.kl) if reference is not None else None
     token_logps = torch.zeros(mask.shape, dtype=logp.dtype, device=logp.device).masked_scatter(mask, logp)
@@ -151,7 +153,8 @@ def sequence_logps(model: torch.nn.Module, batch: dict[str, torch.Tensor], *, ke
         per_pos = (h.float() @ weight.float().mean(0) + (bias.float().mean() if bias is not None else 0.0)
                    if plain else stats.mean_logit)
         mean_logit = per_seq(per_pos) / lengths.clamp(min=1)
-    return SequenceLogps(token_logps, mask, per_seq(logp), lengths, mean_logit, h if keep_hidden else None, kl)
+    return SequenceLogps(token_logps, mask, per_seq(logp), lengths, mean_logit, h if keep_hidden else None, kl,
+                         per_seq(stats.log_sum_sq) if log_sum_sq else None)
 
 
 class PolicyLogps(torch.nn.Module):
@@ -163,5 +166,5 @@ class PolicyLogps(torch.nn.Module):
         self.model = model
         self.kernel = kernel
 
-    def forward(self, batch: dict[str, torch.Tensor], reference=None) -> SequenceLogps:
-        return sequence_logps(self.model, batch, kernel=self.kernel, reference=reference)
+    def forward(self, batch: dict[str, torch.Tensor], reference=None, log_sum_sq: bool = False) -> SequenceLogps:
+        return sequence_logps(self.model, batch, kernel=self.kernel, reference=reference, log_sum_sq=log_sum_sq)

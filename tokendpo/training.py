@@ -90,9 +90,9 @@ def pair_forward(policy: torch.nn.Module, ref: Reference, pairs, indices, tokeni
     """Loss and metrics of one micro-batch: chosen and rejected in one concatenated forward per model.
 
     policy: a PolicyLogps module (possibly DDP/FSDP-wrapped) returning SequenceLogps for a batch. What the loss
-    needs besides the summed log-probs — the reference, TDPO's sequential KLs, LD-DPO's per-token log-probs —
-    comes from the loss registry (`loss_needs`), never from loss names. A mixture (`--loss_type a,b`) also
-    returns each component's mean as `loss/<name>`."""
+    needs besides the summed log-probs — the reference, TDPO's sequential KLs, LD-DPO's per-token log-probs,
+    WPO's log Σ_v π² (from the fused kernel) — comes from the loss registry (`loss_needs`), never from loss
+    names. A mixture (`--loss_type a,b`) also returns each component's mean as `loss/<name>`."""
     collated = collate_packed(pairs) if cfg.data.packing else \
         collate_pairs(pairs, tokenizer.pad_token_id, share_prompt=cfg.data.share_prompt)
     batch = {k: v.to(device) if v is not None else None for k, v in collated.items()}
@@ -103,7 +103,7 @@ def pair_forward(policy: torch.nn.Module, ref: Reference, pairs, indices, tokeni
     with autocast:
         # TDPO: the reference's hidden states and LM head enter the same fused pass for the sequential KL
         ref_side = (lambda _mask: (ref.response_hidden(batch, indices), *ref.lm_head())) if needs.kl else None
-        pol = policy(batch, reference=ref_side)
+        pol = policy(batch, reference=ref_side, log_sum_sq=needs.log_sum_sq)  # log Σ_v π²: WPO, from the kernel
         # LD-DPO weighs tokens by position: per-token reference log-probs (their row sums are the usual sums)
         ref_tokens = ref.token_logps(batch, indices) if needs.reference and needs.token_logps else None  # (2B, L)
         ref_logps = (ref_tokens.sum(1) if ref_tokens is not None
@@ -115,6 +115,8 @@ def pair_forward(policy: torch.nn.Module, ref: Reference, pairs, indices, tokeni
         pol_tokens = response_token_matrix(pol.token_logps, pol.mask, batch.get("seq_ids"))  # (2B, L)
         extra.update(zip(("policy_chosen_token_logps", "policy_rejected_token_logps"), halves(pol_tokens)))
         extra.update(zip(("reference_chosen_token_logps", "reference_rejected_token_logps"), halves(ref_tokens)))
+    if needs.log_sum_sq:
+        extra.update(zip(("chosen_log_sum_sq", "rejected_log_sum_sq"), halves(pol.log_sum_sq)))
     terms, chosen_r, rejected_r, weights = preference_loss_terms(
         pol.logps[:b], pol.logps[b:], *halves(ref_logps),
         beta=lc.beta, loss_type=lc.loss_type, label_smoothing=lc.label_smoothing,

@@ -11,9 +11,12 @@ import pytest
 import torch
 
 from tokendpo import config as C
+from tokendpo.data import collate_pairs, load_preference_data
+from tokendpo.logps import sequence_logps
 from tokendpo.losses import LOSSES, loss_needs, preference_loss, preference_loss_terms
 from tokendpo.reference import response_token_matrix
-from tokendpo.train import main, train
+from tokendpo.modeling import load_model, load_tokenizer
+from tokendpo.train import main, micro_batch, train
 
 from tests.tokendpo.test_train import make_cfg, read_metrics, write_pairs
 
@@ -306,10 +309,11 @@ def test_ld_dpo_packed_equals_padded(tiny_model_dir, pairs_file, tmp_path):
     assert losses[False][-1] < losses[False][0]
 
 
-@pytest.mark.parametrize("loss_type, extra", [("apo_zero", {}), ("sigmoid,sft", {"loss_weights": [1.0, 0.5]})])
+@pytest.mark.parametrize("loss_type, extra", [("apo_zero", {}),
+                                               ("sigmoid,sft", {"loss_weights": [1.0, 0.5], "use_weighting": True})])
 def test_kernels_give_same_losses(tiny_model_dir, pairs_file, tmp_path, loss_type, extra):
-    """A few steps of a new loss and of a mixture through every --kernel give the same losses (≤ 1e-5); triton
-    runs in the interpreter on CPU."""
+    """A few steps of a new loss, and of a mixture under WPO (log Σ p² from each kernel), through every --kernel
+    give the same losses, components included (≤ 1e-5); triton runs in the interpreter on CPU."""
     losses = {}
     for kernel in ("naive", "chunked", "triton"):
         out = tmp_path / kernel
@@ -319,3 +323,50 @@ def test_kernels_give_same_losses(tiny_model_dir, pairs_file, tmp_path, loss_typ
         losses[kernel] = [r["loss"] for r in rows] + [r.get("loss/sft", 0.0) for r in rows]
     for kernel in ("chunked", "triton"):
         assert losses[kernel] == pytest.approx(losses["naive"], abs=1e-5, rel=1e-5), kernel
+
+
+def _full_logit_stats(model, batch):
+    """Per response, from the model's own full logits (the oracle): Σ_t log p_t and Σ_t log Σ_v p_v²."""
+    with torch.no_grad():
+        logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits[:, :-1].double()
+    logp = torch.log_softmax(logits, -1)  # (R, T-1, V)
+    targets = batch["labels"][:, 1:]
+    mask = targets != -100
+    picked = logp.gather(-1, targets.clamp(min=0)[..., None])[..., 0]
+    lsq = torch.logsumexp(2 * logp, -1)  # log Σ_v p_v²
+    return (picked * mask).sum(1), (lsq * mask).sum(1), mask.sum(1).double()
+
+
+def test_wpo_log_sum_sq_from_the_kernel_matches_full_logits(tiny_model_dir, pairs_file):
+    """`sequence_logps(..., log_sum_sq=True)` (the fused kernel, every impl) against log Σ_v p² from the tiny
+    model's full float64 log-softmax (≤ 1e-4 on sums over ~15 tokens of fp32 values)."""
+    model = load_model(str(tiny_model_dir)).eval()
+    tokenizer = load_tokenizer(str(tiny_model_dir))
+    cfg = make_cfg(tiny_model_dir, pairs_file, "unused")
+    pairs, _, _ = load_preference_data(cfg.data, tokenizer, seed=1)
+    batch = collate_pairs(pairs[:3], tokenizer.pad_token_id)
+    _, want, _ = _full_logit_stats(model, batch)
+    for kernel in ("naive", "chunked", "triton"):
+        with torch.no_grad():
+            got = sequence_logps(model, batch, kernel=kernel, log_sum_sq=True).log_sum_sq
+        torch.testing.assert_close(got.double(), want, rtol=1e-5, atol=1e-4, msg=kernel)
+
+
+def test_wpo_first_step_is_ln2_times_mean_weight(tiny_model_dir, pairs_file, tmp_path):
+    """--use_weighting: at step 1 π = π_ref, so each pair's loss is ln 2·w with w = exp(mean_t(log p_t −
+    log Σ_v p_v²)) of the chosen times that of the rejected response; the logged loss is ln 2·mean(w), with w
+    recomputed here from the initial model's full logits on step 1's batch (≤ 1e-5 relative)."""
+    out = tmp_path / "out"
+    cfg = make_cfg(tiny_model_dir, pairs_file, out, use_weighting=True, max_steps=2)
+    train(cfg)
+    first = read_metrics(out)[0]
+    tokenizer = load_tokenizer(str(tiny_model_dir))
+    pairs, _, _ = load_preference_data(cfg.data, tokenizer, seed=cfg.train.seed)
+    indices = micro_batch(len(pairs), 0, 0, cfg)
+    batch = collate_pairs([pairs[i] for i in indices], tokenizer.pad_token_id)
+    logps, lsq, lengths = _full_logit_stats(load_model(str(tiny_model_dir)).eval(), batch)
+    w = torch.exp((logps - lsq) / lengths)  # (2B,)
+    b = len(indices)
+    expected = math.log(2) * float((w[:b] * w[b:]).mean())
+    assert abs(expected - math.log(2)) > 1e-3  # w ≠ 1 by far more than the tolerance: the check sees the weights
+    assert first["loss"] == pytest.approx(expected, rel=1e-5)
