@@ -1,4 +1,5 @@
-"""Chunked log-probs (+ entropy, KL, log Σp², mean logit, is-top-1; through every head): outputs and every gradient against the float64 naive oracle."""
+"""Chunked log-probs (+ entropy, KL, log Σp², mean logit, is-top-1; through every head): outputs and every
+gradient against the float64 naive oracle."""
 
 import pytest
 import torch
