@@ -199,7 +199,8 @@ def analytic(N, V, H, bytes_per=2):
                 min_bytes=2 * (N * H + V * H) * bytes_per, dz_bytes=extra_bytes)
 
 
-def main():
+def main(argv=None):
+    """The CLI; returns the driver's rows (the worker modes print one JSON line and return None)."""
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--quick", action="store_true", help="small shapes, ≤ 60 s, asserts chunked == naive")
     p.add_argument("--repeats", type=int, default=3)
@@ -215,7 +216,7 @@ def main():
     p.add_argument("--mode", help=argparse.SUPPRESS)
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", help=argparse.SUPPRESS)
     p.add_argument("--dtype", default=None, help=argparse.SUPPRESS)
-    args = p.parse_args()
+    args = p.parse_args(argv)
     if args.worker:
         return worker_memory(args) if args.measure == "memory" else worker_timing(args)
 
@@ -226,7 +227,7 @@ def main():
     machine = (torch.cuda.get_device_name() if gpu else
                f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, torch threads "
                f"{torch.get_num_threads()}")
-    cmd = "python -m benchmarks.bench_logprobs " + " ".join(sys.argv[1:])
+    cmd = "python -m benchmarks.bench_logprobs " + " ".join(sys.argv[1:] if argv is None else argv)
     print(f"# {time.strftime('%Y-%m-%d %H:%M')}  {machine}  torch {torch.__version__}  {dtype}")
     print(f"# command: {cmd.strip()}")
     if args.quick:
@@ -250,6 +251,7 @@ def main():
 
         print("\n# Triton kernels compiled for Hopper (sm_90, no GPU needed): resources per kernel variant")
         print(format_table(report_in_subprocess()))
+    return rows
 
 
 def check_chunked_equals_naive(gpu):
