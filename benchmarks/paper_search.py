@@ -107,7 +107,7 @@ def train_policies(task: str, out: Path, *, betas: tuple[float, ...], seed: int,
             cfg.train.save_steps = early_step
             cfg.train.save_total_limit = 0
             t0 = time.perf_counter()
-            final = train(cfg)
+            final = train(cfg, on_existing="resume")  # an interrupted stage continues its checkpoints
             (dpo_dir / COMPLETE).write_text(json.dumps({"stage": "dpo", "beta": beta, "final": final,
                                                         "seconds": round(time.perf_counter() - t0, 1)}) + "\n")
         logged = [json.loads(line) for line in (dpo_dir / "metrics.jsonl").read_text().splitlines() if line.strip()]

@@ -40,6 +40,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from tokendpo.rundir import continue_flags
+
 REPO = Path(__file__).resolve().parents[1]
 HH_FILE = REPO.parent / "shared" / "data" / "hh-rlhf-harmless-base-test.jsonl.gz"
 
@@ -324,7 +326,7 @@ def main(argv: list[str] | None = None) -> int:
         "--learning_rate", str(args.learning_rate), "--warmup_steps", str(args.warmup_steps),
         "--per_device_train_batch_size", str(args.batch_size),
         "--gradient_accumulation_steps", str(args.grad_accum), "--num_epochs", str(args.epochs),
-        "--logging_steps", "1", "--seed", str(args.seed), "--progress", "false",
+        "--logging_steps", "1", "--seed", str(args.seed), "--progress", "false", *continue_flags(out / "dpo"),
     ]
     runs["train"] = run_step("train", train_args, out / "train.log", args.threads)
     eval_args = [

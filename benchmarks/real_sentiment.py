@@ -32,6 +32,7 @@ import sys
 import time
 from pathlib import Path
 
+from tokendpo.rundir import continue_flags
 from benchmarks.real_hh import (HH_FILE, REPO, Run, bootstrap_interval, read_lines, run_step, train_summary,
                                wilson_interval)
 
@@ -199,6 +200,7 @@ def main(argv: list[str] | None = None) -> int:
         "--beta", str(args.beta), "--learning_rate", str(args.learning_rate), "--warmup_steps", str(args.warmup_steps),
         "--per_device_train_batch_size", str(args.batch_size), "--gradient_accumulation_steps", str(args.grad_accum),
         "--num_epochs", str(args.epochs), "--logging_steps", "1", "--seed", str(args.seed), "--progress", "false",
+        *continue_flags(out / "dpo"),
     ]
     done = out / "dpo" / "train_run.json"
     if args.resume and done.is_file() and (out / "dpo" / "model.safetensors").is_file():

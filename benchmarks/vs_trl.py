@@ -130,7 +130,7 @@ def worker_tokendpo(spec: dict) -> dict:
     base = _rss_bytes()
     watcher.start()
     t0 = time.perf_counter()
-    train(cfg)
+    train(cfg, on_existing="overwrite")  # each repetition measures a fresh run
     wall = time.perf_counter() - t0
     watcher.done.set()
     watcher.join()

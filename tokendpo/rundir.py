@@ -158,3 +158,13 @@ def save_final_atomic(out: str | os.PathLike, save_fn) -> None:
         raise OSError(e.errno, describe_os_error(e, f"saving the final model in {out}")) from e
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+def continue_flags(directory: str | os.PathLike) -> list[str]:
+    """`tokendpo.train` flags for re-running a documented command into `directory`: continue its newest
+    checkpoint (`--resume_from latest`), or start afresh when it holds an unfinished run with no checkpoint
+    (`--overwrite_output_dir`); nothing for a dir that holds no run."""
+    d = Path(directory)
+    if any(p.is_dir() for p in d.glob("checkpoint-*")):
+        return ["--resume_from", "latest"]
+    return ["--overwrite_output_dir"] if holds_run(d) else []

@@ -263,8 +263,9 @@ def train(cfg: Config, *, cli_values: dict | None = None, on_existing: str | Non
     on_existing = on_existing or ("overwrite" if cfg.train.overwrite_output_dir else "refuse")
     cfg, ckpt = _plan(cfg, cli_values, on_existing)
     d, device = distributed.init(cfg.train.device)
-    lock = _on_main(d, lambda: OutputLock(cfg.train.output_dir).acquire())
+    lock = None
     try:
+        lock = _on_main(d, lambda: OutputLock(cfg.train.output_dir).acquire())
         run = _setup(cfg, ckpt, on_existing, d, device)
         last_train = _loop(run)
         return {**last_train, **_finish(run)}

@@ -38,6 +38,7 @@ from transformers import AutoModelForCausalLM
 
 from tokendpo.config import Config
 from tokendpo.modeling import load_model, load_tokenizer
+from tokendpo.rundir import OutputLock, write_atomic
 from tokendpo.sft import SFTConfig, sft
 from tokendpo.tasks import DEFAULT_TASK, TASKS, get_task
 from tokendpo.tasks.base import Task
@@ -97,7 +98,7 @@ def _complete(d: Path) -> bool:
 
 
 def _mark_complete(d: Path, info: dict) -> None:
-    (d / COMPLETE).write_text(json.dumps(info, indent=1) + "\n")
+    write_atomic(d / COMPLETE, json.dumps(info, indent=1) + "\n")
 
 
 def _write_jsonl_atomic(path: Path, rows: list[dict]) -> None:
@@ -212,7 +213,8 @@ def stage_dpo(s: PipelineSettings, sft_dir: Path, pairs_path: Path, eval_pairs_p
 
     if _complete(out_dir):
         return {"skipped": True}
-    final = train(dpo_config(s, sft_dir, pairs_path, eval_pairs_path, out_dir, progress=progress))
+    # an interrupted stage resumes from its newest checkpoint (or is cleared when it has none); never mixed
+    final = train(dpo_config(s, sft_dir, pairs_path, eval_pairs_path, out_dir, progress=progress), on_existing="resume")
     _mark_complete(out_dir, {"stage": "dpo", "final": final})
     return final
 
@@ -241,7 +243,13 @@ def run_pipeline(task: str = DEFAULT_TASK, output_dir: str = "outputs/default", 
         raise ValueError(f"unknown stage(s) {sorted(bad)}; stages: {', '.join(STAGES)}")
     s = PipelineSettings.resolve(t, seed=seed, quick=quick, **overrides)
     out = Path(output_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    with OutputLock(out, what="tokendpo pipeline"):  # one pipeline per top dir; a second fails at once
+        return _run_locked(t, s, out, stages, progress, print_summary)
+
+
+def _run_locked(t: Task, s: "PipelineSettings", out: Path, stages: tuple[str, ...], progress: bool,
+                print_summary: bool) -> dict:
+    """The stages in order, each skipped when done; an unfinished DPO stage resumes from its newest checkpoint."""
     record_path = out / "pipeline.json"
     record = json.loads(record_path.read_text()) if record_path.exists() else {}
     if record and record.get("settings") != asdict(s):
@@ -280,7 +288,7 @@ def run_pipeline(task: str = DEFAULT_TASK, output_dir: str = "outputs/default", 
                 record["pairs"] = result
         if name == "eval":
             summary = result
-        record_path.write_text(json.dumps(record, indent=1) + "\n")
+        write_atomic(record_path, json.dumps(record, indent=1) + "\n")
     if summary and print_summary:
         print_table(summary, title=f"task {t.name}: {out}  (stage seconds: {record['seconds']})")
     return summary
