@@ -309,6 +309,18 @@ def test_ld_dpo_packed_equals_padded(tiny_model_dir, pairs_file, tmp_path):
     assert losses[False][-1] < losses[False][0]
 
 
+def test_ld_dpo_precomputed_reference_equals_online(tiny_model_dir, pairs_file, tmp_path):
+    """LD-DPO reads per-token reference log-probs; from the --ref_logps precompute cache they must give the online
+    losses (≤ 1e-6)."""
+    losses = {}
+    for mode in ("online", "precompute"):
+        out = tmp_path / mode
+        train(make_cfg(tiny_model_dir, pairs_file, out, loss_type="ipo,sft", ld_alpha=0.2, ref_logps=mode,
+                       max_steps=3))
+        losses[mode] = [r[k] for r in read_metrics(out) for k in ("loss", "loss/ipo")]
+    assert losses["precompute"] == pytest.approx(losses["online"], abs=1e-6, rel=1e-6)
+
+
 @pytest.mark.parametrize("loss_type, extra", [("apo_zero", {}),
                                                ("sigmoid,sft", {"loss_weights": [1.0, 0.5], "use_weighting": True})])
 def test_kernels_give_same_losses(tiny_model_dir, pairs_file, tmp_path, loss_type, extra):
