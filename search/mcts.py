@@ -48,7 +48,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from kernels.rewards import implicit_reward
+from search import scoring
 from search.guards import ban_repeats
 from search.kvpool import KVPool, SearchMemoryError, path_index
 from search.scorer import Decoded, ForwardCounter, PairScorer
@@ -67,6 +67,8 @@ class Node:
     value_sum: float = 0.0  # W: Σ returns from this node's state onwards
     children: list[Node] | None = None  # None until evaluated
     slot: int = -1  # KV-pool slot of this token's K/V once evaluated (cached search); −1 otherwise
+    virtual: int = 0  # pending visits of the current leaf batch (virtual loss)
+    bound: float = 0.0  # leaf value once evaluated, when no rollout is run (see `MCTSParams.leaf_value`)
 
     @property
     def value(self) -> float:
@@ -86,6 +88,15 @@ class Tree:
     done: bool = False
     simulations: int = 0  # simulations run since the last commit
     base_slots: list[int] = field(default_factory=list)  # KV slots of the prompt + committed tokens
+    q_min: float = math.inf  # min / max of every Q seen in this tree (MuZero's normalisation)
+    q_max: float = -math.inf
+
+    def see(self, q: float) -> None:
+        self.q_min, self.q_max = min(self.q_min, q), max(self.q_max, q)
+
+    def normalise(self, q: float) -> float:
+        """(Q − min) / (max − min) over this tree's Q values: in [0, 1] whatever the score's units."""
+        return (q - self.q_min) / (self.q_max - self.q_min) if self.q_max > self.q_min else q
 
     def prefix(self, path: list[Node]) -> list[int]:
         return self.prompt + [n.token for n in self.committed] + [n.token for n in path[1:]]
@@ -104,12 +115,23 @@ class MCTSParams:
     eos_token_id: int
     simulations: int = 16
     c_puct: float = 1.0
-    topk: int = 8
+    top_k: int = scoring.MCTS_SUPPORT[0]
     rollout_len: int = 0
     reuse_cache: bool = True
-    score: str = "implicit"
+    ref_weight: float = 0.0  # λ: each token scores r_t + λ·β·log π_ref (0 implicit, 1 likelihood)
     length_penalty: float = 0.0
     no_repeat_ngram: int = 0
+    top_p: float = scoring.MCTS_SUPPORT[1]
+    banned: tuple[int, ...] = ()  # never candidates (`scoring.banned_token_ids`)
+    normalize_q: bool = True  # MuZero's min–max Q normalisation inside each tree
+    leaf_value: str = "auto"  # auto | zero | bound | rollout
+
+    @property
+    def value_source(self) -> str:
+        """How an evaluated leaf is valued: `rollout` (greedy, rollout_len tokens), `bound` or `zero`."""
+        if self.leaf_value == "auto":
+            return "rollout" if self.rollout_len > 0 else "bound"
+        return self.leaf_value
 
 
 @dataclass
@@ -123,55 +145,85 @@ class Search:
 
 
 def _edge_rewards(beta: float, lp: torch.Tensor, lr: torch.Tensor, p: MCTSParams) -> torch.Tensor:
-    """(R, V) search reward of every candidate token at R states."""
-    r = implicit_reward(lp, lr, beta) if p.score == "implicit" else beta * lp
-    return r - p.length_penalty
+    """(R, V) search reward of every token at R states: β·(log π − (1 − λ)·log π_ref) − length penalty
+    (`search.scoring`: r_t + λ·β·log π_ref)."""
+    return beta * scoring.token_scores(lp, lr, p.ref_weight) - p.length_penalty
+
+
+def _candidates(lp: torch.Tensor, histories: list[list[int]], p: MCTSParams) -> torch.Tensor:
+    """(R, V) policy log-probs with −inf outside each row's support: no specials but EOS, no repeated n-gram,
+    inside the policy's top-k / top-p (`search.scoring.candidate_mask`, the proposal being π)."""
+    banned = ban_repeats(lp, histories, p.no_repeat_ngram)
+    mask = scoring.candidate_mask(banned, top_k=p.top_k, top_p=p.top_p, banned=p.banned)
+    return scoring.restrict(banned, mask)
 
 
 def expand(beta: float, nodes: list[Node], lp: torch.Tensor, lr: torch.Tensor, histories: list[list[int]],
-           p: MCTSParams) -> None:
-    """Create the children of `nodes` (row i of lp/lr (R, V) is node i's state): the policy's top-k
-    finite-probability tokens. Batched: one top-k, softmax and gather for all rows, one transfer to Python."""
-    banned = ban_repeats(lp, histories, p.no_repeat_ngram)
-    k = min(p.topk, lp.shape[1])
-    top_lp, top_tok = banned.topk(k, dim=-1)  # (R, k)
-    priors = torch.softmax(top_lp, dim=-1)  # renormalised over the top-k (−inf entries get 0)
+           p: MCTSParams, trees: list[Tree] | None = None) -> None:
+    """Create the children of `nodes` (row i of lp/lr (R, V) is node i's state): the candidates, most likely
+    first, with priors renormalised over them. Batched: one mask, top-k, softmax and gather for all rows, one
+    transfer to Python. Each node also gets its leaf bound (see `MCTSParams.leaf_value`), and each child's
+    Q = r joins its tree's min–max range."""
+    cand = _candidates(lp, histories, p)  # (R, V)
+    k = max(1, min(int(torch.isfinite(cand).sum(-1).max()), cand.shape[1]))
+    top_lp, top_tok = cand.topk(k, dim=-1)  # (R, k), descending
+    priors = torch.softmax(top_lp, dim=-1)  # renormalised over the candidates (−inf entries get 0)
     rewards = _edge_rewards(beta, lp, lr, p).gather(1, top_tok)
     ref = lr.gather(1, top_tok)
-    for node, toks, pr, a, b, rw in zip(nodes, top_tok.tolist(), priors.tolist(), top_lp.tolist(), ref.tolist(),
-                                        rewards.tolist()):
+    for i, (node, toks, pr, a, b, rw) in enumerate(zip(nodes, top_tok.tolist(), priors.tolist(), top_lp.tolist(),
+                                                      ref.tolist(), rewards.tolist())):
         depth = node.depth + 1
         node.children = [
             Node(token=t, prior=x, policy_logp=la, reference_logp=lb, reward=w, depth=depth,
                  terminal=t == p.eos_token_id or depth >= p.max_new_tokens)
             for t, x, la, lb, w in zip(toks, pr, a, b, rw) if la != -math.inf
         ]
+        # The likelihood part λ·β·Σ log π of any continuation is ≤ λ·β·max_a log π(a|s) (every later term
+        # is ≤ 0), and the implicit part's value is 0 up to a constant (DPO optimum): an upper bound that
+        # is tight for one step, instead of 0, which is optimistic for λ > 0.
+        node.bound = p.ref_weight * beta * a[0] if node.children else 0.0
+        if trees is not None:
+            for c in node.children:
+                trees[i].see(c.reward)
 
 
-def select_path(root: Node, c_puct: float, pending: set[int] | frozenset = frozenset()) -> list[Node] | None:
-    """Descend by PUCT from `root` to a node that is unevaluated or terminal (or has no children).
+def select_path(tree: Tree, p: MCTSParams, pending: set[int] | frozenset = frozenset()) -> list[Node] | None:
+    """Descend by PUCT from the root to a node that is unevaluated or terminal (or has no children).
 
     Children in `pending` (ids of leaves already chosen for evaluation this round) are skipped; None when
-    every child at some node is pending.
+    every child at some node is pending. Pending visits count as virtual losses: a child with v of them
+    is scored with Q_v = (N·Q + v·Q_min) / (N + v) and N + v visits.
     """
-    path, node = [root], root
+    path, node = [tree.root], tree.root
+    norm = tree.normalise if p.normalize_q else (lambda q: q)
+    lo = tree.q_min if math.isfinite(tree.q_min) else 0.0
     while node.children and not node.terminal:
         options = [c for c in node.children if id(c) not in pending] if pending else node.children
         if not options:
             return None
-        sqrt_n = math.sqrt(node.visits)
-        # PUCT: exploit Q(s,a), explore in proportion to the prior and to how rarely a was tried
-        node = max(options, key=lambda c: c.q + c_puct * c.prior * sqrt_n / (1 + c.visits))
+        sqrt_n = math.sqrt(node.visits + node.virtual)
+
+        def puct(c: Node) -> float:
+            n = c.visits + c.virtual
+            q = c.q if not c.virtual else (c.visits * c.q + c.virtual * lo) / n
+            # PUCT: exploit the (normalised) Q(s,a), explore in proportion to the prior and to how rarely
+            # a was tried
+            return norm(q) + p.c_puct * c.prior * sqrt_n / (1 + n)
+
+        node = max(options, key=puct)
         path.append(node)
     return path
 
 
-def backup(path: list[Node], leaf_value: float) -> None:
-    """N += 1 and W += G along the path, G accumulating the edge rewards from the leaf upwards."""
+def backup(path: list[Node], leaf_value: float, tree: Tree | None = None) -> None:
+    """N += 1 and W += G along the path, G accumulating the edge rewards from the leaf upwards; each new
+    Q joins the tree's min–max range."""
     g = leaf_value
     for node in reversed(path[1:]):
         node.visits += 1
         node.value_sum += g
+        if tree is not None:
+            tree.see(node.q)
         g = node.reward + g
     path[0].visits += 1
 
@@ -208,8 +260,7 @@ def _rollout_values(s: Search, trees: list[Tree], paths: list[list[Node]], lp: t
     temp: list[int] = []
     try:
         for step in range(p.rollout_len):
-            banned = ban_repeats(lp, [hists[r] for r in rows], p.no_repeat_ngram) if p.no_repeat_ngram else lp
-            toks = banned.argmax(-1)  # (R,) greedy rollout policy
+            toks = _candidates(lp, [hists[r] for r in rows], p).argmax(-1)  # (R,) greedy within the support
             rewards = _edge_rewards(s.scorer.beta, lp, lr, p).gather(1, toks[:, None])[:, 0].tolist()
             keep = []
             for j, (r, t) in enumerate(zip(rows, toks.tolist())):
@@ -255,7 +306,8 @@ def plant(scorer: PairScorer, prompts: list[list[int]], p: MCTSParams, counter: 
             t.base_slots = pool.alloc(len(t.prompt))
         for m, cache in enumerate((state.policy_cache, state.reference_cache)):
             pool.write_prefill(m, cache, state.attention_mask, [t.base_slots for t in trees])
-    expand(scorer.beta, [t.root for t in trees], state.policy_logps, state.reference_logps, [[]] * len(trees), p)
+    expand(scorer.beta, [t.root for t in trees], state.policy_logps, state.reference_logps, [[]] * len(trees), p,
+           trees)
     return trees
 
 
@@ -273,10 +325,11 @@ def simulate(s: Search, trees: list[Tree], n: int = 1) -> None:
     """Up to n simulations in every open tree (never past `p.simulations` since its last commit); all new
     leaves are evaluated (and rolled out) in one batch.
 
-    With n > 1 a tree's paths are chosen one after another: each adds a virtual visit (N += 1, no value)
-    along its path, removed before the real back-up, and a leaf chosen for evaluation is not chosen again
-    this round — so the round's leaves are distinct. A descent blocked by such pending leaves ends the
-    tree's round early (`Tree.simulations` counts what ran). n = 1 is plain sequential MCTS.
+    With n > 1 a tree's paths are chosen one after another: each adds a virtual loss along its path (a
+    pending visit valued at the tree's minimum Q, see `select_path`), removed before the real back-up, and a
+    leaf chosen for evaluation is not chosen again this round — so the round's leaves are distinct and
+    spread away from each other. A descent blocked by such pending leaves ends the tree's round early
+    (`Tree.simulations` counts what ran). n = 1 is plain sequential MCTS.
     """
     p = s.p
     paths, owners = [], []
@@ -285,32 +338,35 @@ def simulate(s: Search, trees: list[Tree], n: int = 1) -> None:
             continue
         pending: set[int] = set()
         for _ in range(min(n, p.simulations - t.simulations)):
-            path = select_path(t.root, p.c_puct, pending)
+            path = select_path(t, p, pending)
             if path is None:
                 break
             leaf = path[-1]
             if leaf.children is None and not leaf.terminal:
                 pending.add(id(leaf))
             for node in path:
-                node.visits += 1  # virtual visit
+                node.virtual += 1  # virtual loss until the back-up
             paths.append(path)
             owners.append(t)
             t.simulations += 1
     for path in paths:
         for node in path:
-            node.visits -= 1
+            node.virtual = 0
     new = [j for j, path in enumerate(paths) if path[-1].children is None and not path[-1].terminal]
-    values = [0.0] * len(paths)  # leaf value: 0, or the rollout's summed reward
     if new:
         new_trees, new_paths = [owners[j] for j in new], [paths[j] for j in new]
         lp, lr = _evaluate(s, new_trees, new_paths)
         expand(s.scorer.beta, [path[-1] for path in new_paths], lp, lr,
-               [t.history(path) for t, path in zip(new_trees, new_paths)], p)
-        if p.rollout_len > 0:
-            for j, v in zip(new, _rollout_values(s, new_trees, new_paths, lp, lr)):
-                values[j] = v
-    for path, v in zip(paths, values):
-        backup(path, v)
+               [t.history(path) for t, path in zip(new_trees, new_paths)], p, new_trees)
+        if p.value_source == "rollout" and p.rollout_len > 0:
+            for path, v in zip(new_paths, _rollout_values(s, new_trees, new_paths, lp, lr)):
+                path[-1].bound = v  # the leaf's value estimate is its rollout's return
+    # leaf value: a terminal leaf's is 0 (nothing follows); an evaluated one's is its rollout return or
+    # bound (or 0 with leaf_value="zero"); a re-visited node that is still a leaf reuses it
+    for path, t in zip(paths, owners):
+        leaf = path[-1]
+        v = 0.0 if leaf.terminal or p.value_source == "zero" else leaf.bound
+        backup(path, v, t)
 
 
 def _subtree_slots(node: Node) -> list[int]:
@@ -349,21 +405,57 @@ def commit(trees: list[Tree], pool: KVPool | None = None) -> None:
             t.base_slots = []
 
 
-def mcts(scorer: PairScorer, prompts: list[list[int]], *, max_new_tokens: int, eos_token_id: int,
-         simulations: int = 16, c_puct: float = 1.0, topk: int = 8, rollout_len: int = 0, reuse_cache: bool = True,
-         score: str = "implicit", length_penalty: float = 0.0, no_repeat_ngram: int = 0,
-         leaf_batch: int = 1, pool: KVPool | None = None) -> list[Decoded]:
-    """MCTS decoding: `simulations` simulations per committed token, batched over prompts and, with
-    leaf_batch > 1, over up to `leaf_batch` leaves per tree at a time (virtual visits, see `simulate`).
+LEAF_VALUES = ("auto", "zero", "bound", "rollout")
 
-    `pool`: the KV pool to use when reuse_cache (default: a fresh one sized by `expected_live_slots`); pass
-    one to read its `peak_live` afterwards or to cap it with `limit_bytes`."""
+
+def make_params(*, max_new_tokens: int, eos_token_id: int, simulations: int = 16, c_puct: float = 1.0,
+                topk: int | None = None, top_k: int | None = None, top_p: float | None = None, rollout_len: int = 0,
+                reuse_cache: bool = True, score: str = "implicit", ref_weight: float | None = None,
+                length_penalty: float = 0.0, no_repeat_ngram: int = 0, banned_tokens=(), normalize_q: bool = True,
+                leaf_value: str = "auto") -> MCTSParams:
+    """Validated `MCTSParams`; `topk` is an alias of `top_k`; support defaults from `scoring.MCTS_SUPPORT`."""
+    if topk is not None:
+        if top_k is not None and top_k != topk:
+            raise ValueError(f"topk is an alias of top_k; got both ({topk} and {top_k})")
+        top_k = topk
+    k, tp = scoring.resolve_support("mcts", score, top_k, top_p)
+    if k == 0 and tp >= 1.0:
+        raise ValueError("MCTS needs a bounded support: top_k > 0 or top_p < 1 (every token would be a child)")
+    if leaf_value not in LEAF_VALUES:
+        raise ValueError(f"leaf_value must be one of {LEAF_VALUES}, got {leaf_value!r}")
+    if leaf_value == "rollout" and rollout_len < 1:
+        raise ValueError("leaf_value='rollout' needs rollout_len >= 1")
+    if simulations < 1:
+        raise ValueError(f"simulations must be >= 1, got {simulations}")
+    return MCTSParams(max_new_tokens, eos_token_id, simulations, c_puct, k, rollout_len, reuse_cache,
+                      scoring.ref_weight(score, ref_weight), length_penalty, no_repeat_ngram, tp,
+                      tuple(int(t) for t in banned_tokens), normalize_q, leaf_value)
+
+
+def mcts(scorer: PairScorer, prompts: list[list[int]], *, max_new_tokens: int, eos_token_id: int,
+         simulations: int = 16, c_puct: float = 1.0, topk: int | None = None, top_k: int | None = None,
+         top_p: float | None = None, rollout_len: int = 0, reuse_cache: bool = True, score: str = "implicit",
+         ref_weight: float | None = None, length_penalty: float = 0.0, no_repeat_ngram: int = 0,
+         banned_tokens=(), normalize_q: bool = True, leaf_value: str = "auto", leaf_batch: int = 1,
+         pool: KVPool | None = None) -> list[Decoded]:
+    """MCTS decoding: `simulations` simulations per committed token, batched over prompts and, with
+    leaf_batch > 1, over up to `leaf_batch` leaves per tree at a time (virtual losses, see `simulate`).
+
+    score / ref_weight: the edge reward r_t + λ·β·log π_ref (`search.scoring`). top_k / top_p (topk: alias):
+    the children's support over π, default top-8; banned_tokens: never children (`scoring.banned_token_ids`).
+    normalize_q: MuZero's min–max Q inside each tree, so c_puct is unitless. leaf_value: "rollout" (greedy,
+    `rollout_len` tokens), "bound" (λ·β·max log π at the leaf, see `expand`), "zero", or "auto" (rollout
+    when rollout_len > 0, else bound). `pool`: the KV pool when reuse_cache (default: a fresh one sized by
+    `expected_live_slots`); pass one to read its `peak_live` afterwards or to cap it with `limit_bytes`."""
     if leaf_batch < 1:
         raise ValueError(f"leaf_batch must be >= 1, got {leaf_batch}")
+    p = make_params(max_new_tokens=max_new_tokens, eos_token_id=eos_token_id, simulations=simulations,
+                    c_puct=c_puct, topk=topk, top_k=top_k, top_p=top_p, rollout_len=rollout_len,
+                    reuse_cache=reuse_cache, score=score, ref_weight=ref_weight, length_penalty=length_penalty,
+                    no_repeat_ngram=no_repeat_ngram, banned_tokens=banned_tokens, normalize_q=normalize_q,
+                    leaf_value=leaf_value)
     if max_new_tokens == 0:
         return [Decoded([], [], [], [], 0) for _ in prompts]
-    p = MCTSParams(max_new_tokens, eos_token_id, simulations, c_puct, topk, rollout_len, reuse_cache, score,
-                   length_penalty, no_repeat_ngram)
     s, trees = start(scorer, prompts, p, leaf_batch, pool)
     while not all(t.done for t in trees):
         while any(not t.done and t.simulations < simulations for t in trees):

@@ -6,7 +6,8 @@ import pytest
 import torch
 
 from search.kvpool import SearchMemoryError
-from search.mcts import MCTSParams, check_mcts_memory, commit, expected_live_slots, mcts, simulate, start
+from search.mcts import (MCTSParams, Node, Tree, check_mcts_memory, commit, expected_live_slots, make_params, mcts,
+                         select_path, simulate, start)
 from search.sampling import greedy
 from search.scorer import ForwardCounter, PairScorer
 
@@ -47,7 +48,7 @@ def test_greedy_is_suboptimal_on_the_tree(tree_scorer):
 def test_rollout_q_values_are_path_sums(tree_scorer, reuse_cache, leaf_batch):
     """A greedy rollout reaches the end of each deterministic branch, so every backed-up return is exact:
     Q(root, A) = r(A) + r(EOS|A) = log 2, Q(root, B) = r(B) + r(B|B) + r(EOS|BB) = log(4/7) + log 10."""
-    p = MCTSParams(max_new_tokens=3, eos_token_id=EOS, simulations=40, c_puct=1.0, topk=4, rollout_len=3,
+    p = MCTSParams(max_new_tokens=3, eos_token_id=EOS, simulations=40, c_puct=1.0, top_k=4, rollout_len=3,
                    reuse_cache=reuse_cache)
     s, trees = start(tree_scorer, [[BOS]], p)
     (tree,) = trees
@@ -65,7 +66,7 @@ def test_rollout_q_values_are_path_sums(tree_scorer, reuse_cache, leaf_batch):
 def test_zero_leaf_value_q_values_by_hand(tree_scorer):
     """Leaf value 0: B's first visit backs up 0 and each later one r(B|B) (+ r(EOS|BB) = 0), so
     Q(root, B) = r(B) + r(B|B)·(N_B − 1)/N_B; every return below A is 0, so Q(root, A) = r(A)."""
-    p = MCTSParams(max_new_tokens=3, eos_token_id=EOS, simulations=60, c_puct=1.0, topk=4, rollout_len=0)
+    p = MCTSParams(max_new_tokens=3, eos_token_id=EOS, simulations=60, c_puct=1.0, top_k=4, rollout_len=0)
     s, trees = start(tree_scorer, [[BOS]], p)
     (tree,) = trees
     for _ in range(p.simulations):
@@ -88,7 +89,7 @@ def test_mcts_commits_best_path_and_stops_at_eos(tree_scorer, rollout_len, leaf_
 
 
 def test_never_expands_past_eos_or_max_tokens(tree_scorer):
-    p = MCTSParams(max_new_tokens=2, eos_token_id=EOS, simulations=30, topk=4)
+    p = MCTSParams(max_new_tokens=2, eos_token_id=EOS, simulations=30, top_k=4)
     s, trees = start(tree_scorer, [[BOS]], p)
     (tree,) = trees
     for _ in range(p.simulations):
@@ -113,7 +114,7 @@ def test_one_simulation_top1_is_greedy(scorer, tokenizer, make_prompts):
 
 def test_forward_tokens_count_evaluations(tree_scorer):
     """Cached, no rollout: the prefill (1 position × 2 models) plus 2 per evaluated leaf."""
-    p = MCTSParams(max_new_tokens=3, eos_token_id=EOS, simulations=10, topk=4)
+    p = MCTSParams(max_new_tokens=3, eos_token_id=EOS, simulations=10, top_k=4)
     s, trees = start(tree_scorer, [[BOS]], p)
     (tree,) = trees
     for _ in range(p.simulations):
@@ -129,7 +130,7 @@ def test_forward_tokens_count_evaluations(tree_scorer):
 def test_leaf_batch_spreads_one_round_over_distinct_leaves(tree_scorer):
     """One round of 2 simulations from a fresh root: the virtual visit sends the second descent to the other
     child, so both children are evaluated in one batched forward (2 rows × 2 models)."""
-    p = MCTSParams(max_new_tokens=3, eos_token_id=EOS, topk=4, c_puct=1.0)
+    p = MCTSParams(max_new_tokens=3, eos_token_id=EOS, top_k=4, c_puct=1.0)
     s, trees = start(tree_scorer, [[BOS]], p)
     (tree,) = trees
     simulate(s, trees, n=2)
@@ -160,10 +161,11 @@ def test_node_local_kv_equals_reencoding(eos_policy, reference, tokenizer, make_
     assert [d.token_ids for d in cached] == [d.token_ids for d in fresh]
     for c, f in zip(cached, fresh):
         assert c.token_rewards == pytest.approx(f.token_rewards, abs=1e-5)
-        assert c.forward_tokens < f.forward_tokens
+        assert c.forward_tokens <= f.forward_tokens  # equal only for a 1-token prompt that ends at once
+    assert sum(c.forward_tokens for c in cached) < sum(f.forward_tokens for f in fresh)
     trees = {}
     for reuse in (True, False):
-        p = MCTSParams(max_new_tokens=6, eos_token_id=tokenizer.eos_token_id, simulations=5, topk=3,
+        p = MCTSParams(max_new_tokens=6, eos_token_id=tokenizer.eos_token_id, simulations=5, top_k=3,
                        rollout_len=rollout_len, reuse_cache=reuse)
         s, ts = start(scorer, prompts, p, leaf_batch)
         for _ in range(2):  # two commits: the second round starts from a kept subtree
@@ -184,7 +186,7 @@ def test_pool_holds_only_live_nodes_and_nodes_hold_no_tensors(scorer, tokenizer,
     and the evaluated nodes under the roots (dropped subtrees and rollouts freed); at the end, none. Nodes keep
     only Python scalars and lists — no V-sized row survives an expansion."""
     prompts = make_prompts(3, seed=35)
-    p = MCTSParams(max_new_tokens=6, eos_token_id=tokenizer.eos_token_id, simulations=5, topk=3, rollout_len=2)
+    p = MCTSParams(max_new_tokens=6, eos_token_id=tokenizer.eos_token_id, simulations=5, top_k=3, rollout_len=2)
     s, trees = start(scorer, prompts, p, leaf_batch=2)
     while not all(t.done for t in trees):
         while any(not t.done and t.simulations < p.simulations for t in trees):
@@ -211,3 +213,87 @@ def test_memory_guard_refuses_with_a_batch_size_hint(policy, reference):
     assert need >= 8 * (40 + 32) * kv  # at least every prompt and committed token's K/V
     with pytest.raises(SearchMemoryError, match="--batch_size"):
         check_mcts_memory(policy, reference, [40] * 8, max_new_tokens=32, simulations=16, available=need - 1)
+
+
+# ---- MCTS that searches: normalised Q, virtual loss, leaf bound (likelihood score) -------------------------------
+C, D, E, F = 4, 5, 6, 7
+
+
+def logits8(**probs):
+    """Logits over 8 tokens (BOS, EOS, A, B, C, D, E, F) with the given probabilities, −inf elsewhere."""
+    out = [NEG] * 8
+    for name, p in probs.items():
+        out[{"eos": EOS, "a": A, "b": B, "c": C, "d": D, "e": E, "f": F}[name]] = math.log(p)
+    return out
+
+
+SPREAD = logits8(c=0.25, d=0.25, e=0.25, f=0.25)  # a continuation with no likely token
+SURE = logits8(c=0.99, d=0.01)  # a near-certain continuation
+# Greedy takes A (0.6). Under the likelihood score Σ β·log π, [A, ·, EOS] scores β·ln(0.6·0.25) = −1.90β while
+# [B, C, EOS] scores β·ln(0.4·0.99) = −0.93β: search should leave greedy. In the control tree the
+# continuations are swapped and greedy's A is also the likelihood optimum.
+AFTER = {x: logits8(eos=1.0) for x in (C, D, E, F)}
+HELPS = {(BOS,): logits8(a=0.6, b=0.4), (BOS, A): SPREAD, (BOS, B): SURE,
+         **{(BOS, A, x): v for x, v in AFTER.items()}, **{(BOS, B, x): v for x, v in AFTER.items()}}
+CONTROL = {**HELPS, (BOS, A): SURE, (BOS, B): SPREAD}
+
+
+def _likelihood_pair(table_lm, table, beta):
+    # the reference only enters the reported rewards: the likelihood score reads π alone
+    return PairScorer(table_lm(table, 8), table_lm(table, 8), beta=beta, pad_token_id=BOS)
+
+
+@pytest.mark.parametrize("simulations", [32, 64])
+def test_likelihood_mcts_leaves_greedy_where_the_score_says_so(table_lm, simulations):
+    """β = 0.02: β-scaled Q differences (~0.02) are swamped by c_puct·P·√N/(1+N) (~0.1–0.6) under the old
+    rules (raw Q, leaf value 0), which stay greedy. Normalised Q and the leaf bound find [B, C, EOS]; on the
+    control tree the same search keeps greedy's [A, C, EOS]."""
+    kw = dict(max_new_tokens=3, eos_token_id=EOS, simulations=simulations, score="likelihood")
+    for table, best in ((HELPS, [B, C, EOS]), (CONTROL, [A, C, EOS])):
+        scorer = _likelihood_pair(table_lm, table, beta=0.02)
+        assert greedy(scorer, [[BOS]], max_new_tokens=3, eos_token_id=EOS)[0].token_ids == [A, C, EOS]
+        assert mcts(scorer, [[BOS]], **kw)[0].token_ids == best
+    old = mcts(_likelihood_pair(table_lm, HELPS, beta=0.02), [[BOS]], normalize_q=False, leaf_value="zero", **kw)
+    assert old[0].token_ids[0] == A
+
+
+def test_normalised_search_is_independent_of_beta(table_lm):
+    """Min–max normalisation makes c_puct unitless: scaling every reward by 100 leaves every visit count."""
+    visits = []
+    for beta in (0.02, 2.0):
+        p = make_params(max_new_tokens=3, eos_token_id=EOS, simulations=24, score="likelihood", top_k=4)
+        s, trees = start(_likelihood_pair(table_lm, HELPS, beta), [[BOS]], p)
+        while trees[0].simulations < p.simulations:
+            simulate(s, trees)
+        visits.append([n.visits for n in _walk(trees[0].root)])
+    assert visits[0] == visits[1]
+
+
+def test_leaf_bound_is_the_best_next_token_score(table_lm):
+    """Likelihood, no rollout: evaluating A gives it the value β·max_a log π(a | A) = β·ln 0.25, so after its
+    first visit Q(root, A) = β·ln 0.6 + β·ln 0.25; an EOS leaf's value is 0."""
+    beta = 0.5
+    p = make_params(max_new_tokens=3, eos_token_id=EOS, simulations=2, score="likelihood")
+    s, trees = start(_likelihood_pair(table_lm, HELPS, beta), [[BOS]], p)
+    simulate(s, trees)
+    a = next(c for c in trees[0].root.children if c.token == A)
+    assert a.visits == 1
+    assert a.q == pytest.approx(beta * (math.log(0.6) + math.log(0.25)), abs=1e-6)
+    assert a.bound == pytest.approx(beta * math.log(0.25), abs=1e-6)
+
+
+def test_virtual_loss_steers_a_batch_away_from_pending_paths():
+    """Two evaluated children with equal statistics: a pending visit on one values it at the tree's minimum Q,
+    so the next descent of the batch takes the other."""
+    p = make_params(max_new_tokens=5, eos_token_id=EOS, simulations=8, top_k=2)
+    root = Node(token=-1, prior=1.0, policy_logp=0.0, reference_logp=0.0, reward=0.0, depth=0, terminal=False,
+                visits=5)
+    kids = [Node(token=t, prior=0.5, policy_logp=math.log(0.5), reference_logp=math.log(0.5), reward=-0.1, depth=1,
+                 terminal=False, visits=2, value_sum=-0.2, children=[]) for t in (A, B)]
+    root.children = kids
+    tree = Tree(prompt=[BOS], index=0, root=root)
+    for q in (-1.0, 0.0):
+        tree.see(q)
+    assert select_path(tree, p)[-1] is kids[0]  # a tie: the first
+    kids[0].virtual = 1
+    assert select_path(tree, p)[-1] is kids[1]
