@@ -35,8 +35,9 @@ from transformers.cache_utils import DynamicLayer
 PAD_SLOT = 0
 
 
-class SearchMemoryError(MemoryError):
-    """A search would not fit in the memory available; the message says what to change."""
+class SearchMemoryError(MemoryError, ValueError):
+    """A search would not fit in the memory available; the message says what to change. A ValueError too, so
+    CLIs that turn bad input into `error: ...` and exit 2 report it the same way."""
 
 
 class PoolLayer(DynamicLayer):
