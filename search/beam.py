@@ -13,7 +13,8 @@ candidates):
     take the top 2K candidates over all (k, a);
     a (real, > −1e9/2) candidate among the first K that ends (EOS, or the last allowed token) joins the
     finished set with score cand / (generated length)**length_norm; the finished set keeps its best K;
-    the best K candidates that did not end become the next beams (caches reordered to them);
+    the best K candidates that did not end become the next beams (caches reordered to them; when the support
+    leaves fewer than K real ones, the rest are dead beams at −2e9 that can never finish);
     early stop of a prompt:
       - scores that only fall (λ = 1: every s_t = β·log π ≤ 0, and length_penalty ≥ 0): once its K finished
         slots are full and the best running S / length**length_norm cannot beat the worst finished score
@@ -101,7 +102,9 @@ def beam_search(scorer: PairScorer, prompts: list[list[int]], *, num_beams: int,
             break
         # next beams: the best K candidates that did not end
         nxt = (top_s + ends.float() * NEG).topk(K, dim=1).indices  # (b, K)
-        running = top_s.gather(1, nxt)
+        # with fewer than K real non-ending candidates (a small support) an ending or −inf one fills a slot:
+        # it runs on as a dead beam (score ≤ −1e9, never finishes) instead of continuing past its EOS
+        running = torch.where(ends.gather(1, nxt), torch.full_like(top_s[:, :K], 2 * NEG), top_s.gather(1, nxt))
         sel_rows, sel_tok = rows.gather(1, nxt).view(-1), tok.gather(1, nxt).view(-1)  # (b·K,)
         lp_new = state.policy_logps[sel_rows, sel_tok]
         lr_new = state.reference_logps[sel_rows, sel_tok] if use_ref else lp_new

@@ -57,6 +57,11 @@ def _triple(text: str) -> tuple[int, int, int]:
     return (w, k, l_)
 
 
+class _Help(argparse.ArgumentDefaultsHelpFormatter):
+    def _get_help_string(self, action):  # a None default is explained in the help text itself
+        return action.help if action.default is None or action.default is False else super()._get_help_string(action)
+
+
 class _Parser(argparse.ArgumentParser):
     def error(self, message):  # one `error:` line and exit 2, as every other bad input
         self.exit(2, f"{self.prog}: error: {message}\n")
@@ -64,7 +69,7 @@ class _Parser(argparse.ArgumentParser):
 
 def build_parser() -> argparse.ArgumentParser:
     ap = _Parser(prog="python -m search.decode", description=__doc__.split("\n\n")[0],
-                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                 formatter_class=_Help)
     group = ap.add_mutually_exclusive_group()
     group.add_argument("--sample", action="store_true", help="ancestral sampling at --temperature")
     group.add_argument("--greedy", action="store_true", help="argmax decoding (the default)")

@@ -194,3 +194,17 @@ def test_beam_early_stop_waits_for_rising_scores(table_lm):
     # likelihood scores only fall: there the early stop is exact and keeps [EOS] (log 0.3 > log 0.26 + log 0.97)
     out = beam_search(scorer, [[0]], num_beams=1, max_new_tokens=2, eos_token_id=1, score="likelihood")
     assert out[0].token_ids == [1]
+
+
+@pytest.mark.parametrize("score", ["likelihood", "implicit"])
+@pytest.mark.parametrize("top_k", [1, 2])
+def test_small_support_never_continues_past_eos(eos_policy, reference, tokenizer, make_prompts, score, top_k):
+    """With fewer real candidates than beams, an EOS candidate must not become a running beam (transformers never
+    meets this case: it always has 2K finite candidates). Every response ends at its first EOS, and its reported
+    rewards are its own."""
+    scorer = PairScorer(eos_policy, reference, beta=0.2, pad_token_id=tokenizer.pad_token_id)
+    eos = tokenizer.eos_token_id
+    out = beam_search(scorer, make_prompts(8, seed=60 + top_k), num_beams=3, max_new_tokens=10, eos_token_id=eos,
+                      score=score, top_k=top_k, banned_tokens=banned_token_ids(tokenizer))
+    for d in out:
+        assert 1 <= len(d.token_ids) <= 10 and eos not in d.token_ids[:-1], d.token_ids
