@@ -17,7 +17,7 @@ from typing import Any
 
 import yaml
 
-KERNELS = ("auto", "triton", "chunked", "naive")
+from kernels import IMPLS as KERNELS  # noqa: E402 - kernel names come from kernels' own registry
 from tokendpo.losses import F_DIVERGENCES, LOSS_TYPES, check_options  # noqa: E402 - the loss registry
 
 
@@ -84,7 +84,7 @@ class LossConfig:
     ref_model_mixup_alpha: float = _f(0.6, "α of --sync_ref_model, in (0, 1]")
     ref_model_sync_steps: int = _f(512, "steps between reference syncs of --sync_ref_model (>= 1)")
 
-    def check(self, model: ModelConfig, resuming: bool = False) -> None:
+    def check(self, model: ModelConfig) -> None:
         """The loss options together (the registry's rules, `tokendpo.losses.check_options`) and TR-DPO's
         requirements, as ConfigErrors naming the flags."""
         try:
@@ -101,9 +101,6 @@ class LossConfig:
         if model.lora_r > 0:
             raise ConfigError("--sync_ref_model needs a separate reference model to update; with --lora_r the "
                               "reference is the adapter-disabled policy. Use full fine-tuning")
-        if resuming:
-            raise ConfigError("--sync_ref_model runs cannot be resumed yet: checkpoints do not hold the synced "
-                              "reference weights")
         if not 0 < self.ref_model_mixup_alpha <= 1:
             raise ConfigError(f"--ref_model_mixup_alpha {self.ref_model_mixup_alpha}: must be in (0, 1]")
         if self.ref_model_sync_steps < 1:

@@ -24,6 +24,7 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
+from kernels import IMPLS
 from kernels.rewards import implicit_reward
 from tokendpo.config import DataConfig
 from tokendpo.data import TokenizedPair, collate_pairs, load_preference_data
@@ -163,7 +164,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--max_pairs", type=int, default=0, help="evaluate only the first N pairs (0 = all)")
     ap.add_argument("--beta", type=float, default=0.1, help="β of r = β·log π/π_ref (use the training β)")
     ap.add_argument("--batch_size", type=int, default=8)
-    ap.add_argument("--kernel", default="auto", choices=("auto", "triton", "chunked", "naive"))
+    ap.add_argument("--kernel", default="auto", choices=IMPLS)
     ap.add_argument("--output_dir", default=None, help="where token_rewards.jsonl goes (default: --policy)")
     args = ap.parse_args(argv)
     try:
