@@ -105,7 +105,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--root", default="outputs/tasks", help="benchmarks.tasks_report's training outputs")
     ap.add_argument("--recipes", default="plain,rpo")
     ap.add_argument("--per_position", type=int, default=80, help="wrong answers per first-error position")
-    ap.add_argument("--max_rounds", type=int, default=40, help="rounds of 2048 reference samples at most")
+    ap.add_argument("--max_rounds", type=int, default=40, help="rounds of 1024 reference samples at most")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--num_threads", type=int, default=None)
     ap.add_argument("--quick", action="store_true", help="a check run: writes no results file")

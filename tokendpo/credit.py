@@ -157,7 +157,7 @@ class WrongSample:
 
 
 def collect_wrong_samples(task, reference, tokenizer, *, per_position: int, seed: int, max_new_tokens: int,
-                          split: str = "heldout", batch_prompts: int = 2048, max_rounds: int = 40
+                          split: str = "heldout", batch_prompts: int = 1024, max_rounds: int = 40
                           ) -> tuple[list[WrongSample], list[WrongSample], dict]:
     """The reference's own temperature-1 wrong answers, stratified by the position of their first error.
 
@@ -326,7 +326,7 @@ def main(argv: list[str] | None = None) -> int:
                     help="wrong reference samples per first-error position (n = per_position · (L+1))")
     ap.add_argument("--split", choices=("heldout", "train"), default="heldout",
                     help="prompts to score on (train: the prompts DPO's pairs came from)")
-    ap.add_argument("--max_rounds", type=int, default=40, help="rounds of 2048 reference samples at most")
+    ap.add_argument("--max_rounds", type=int, default=40, help="rounds of 1024 reference samples at most")
     ap.add_argument("--max_new_tokens", type=int, default=None, help="default: the task's")
     ap.add_argument("--examples", type=int, default=8, help="responses drawn in the task view")
     ap.add_argument("--beta", type=float, default=None, help="default: the policy's training β (else 0.1)")

@@ -52,10 +52,11 @@ def test_report_rows(root, tmp_path, monkeypatch):
     assert all(keys <= set(r) for r in rows)
     combos = {(r["recipe"], r["scope"], r["method"]) for r in rows if r["samples"] == "stratified"}
     assert len(combos) == 2 * 2 * 5  # recipes x scopes x methods
+    positions = get_task("arithmetic").answer_positions()
     for r in rows:
-        assert r["n"] == 30 and 0 <= r["ci"][0] <= r["rate"] <= r["ci"][1] <= 1
+        assert r["n"] == 6 * positions and 0 <= r["ci"][0] <= r["rate"] <= r["ci"][1] <= 1
         if r["method"] == "positional" and r["samples"] == "stratified":
-            assert r["rate"] == pytest.approx(1 / 5)  # each position holds exactly 1/5 of the stratified answers
+            assert r["rate"] == pytest.approx(1 / positions)  # each position holds exactly 1/(L+1) of them
     assert (root / "arithmetic" / "credit_plain.png").exists() and (root / "credit_report.md").exists()
 
 

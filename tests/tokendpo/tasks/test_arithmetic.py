@@ -1,7 +1,6 @@
 """Arithmetic gold checker on hand-computed cases, the carry-forgetting corpus, and gaming attempts.
 
-482 + 057 = 539, padded to four digits 0539 and written least-significant digit first: target tokens
-9 3 5 0 END (L + 1 = 5 answer positions)."""
+48 + 77 = 125, written least-significant digit first: target tokens 5 2 1 END (|t| = 4)."""
 
 import random
 
@@ -10,7 +9,7 @@ import pytest
 from tokendpo.tasks import get_task
 from tokendpo.tasks.arithmetic import ANSWER_DIGITS, answer, carries, first_wrong_token
 
-P = "482+057="
+P = "48+77="
 
 
 @pytest.fixture(scope="module")
@@ -19,46 +18,52 @@ def task():
 
 
 @pytest.mark.parametrize("response, first_wrong, gold", [
-    ("9350", None, 1.0),
-    ("9450", 1, 1 / 5),    # tens digit wrong: one right token before it
-    ("0539", 0, 0.0),      # the sum written the usual way round is wrong from the start
-    ("935", 3, 3 / 5),     # stops early: the EOS at index 3 is the first wrong token
-    ("93500", 4, 4 / 5),   # runs on: the extra 0 at index 4 should have been EOS
+    ("521", None, 1.0),
+    ("511", 1, 1 / 4),     # tens digit wrong (the carry forgotten): one right token before it
+    ("125", 0, 0.0),       # the sum written the usual way round is wrong from the start
+    ("52", 2, 2 / 4),      # stops early (the final carry forgotten): the EOS at index 2 is the first wrong token
+    ("5210", 3, 3 / 4),    # runs on: the extra 0 at index 3 should have been EOS
     ("", 0, 0.0),          # immediate EOS
-    ("9 3 5 0", None, 1.0),  # spaces are not tokens
+    ("5 2 1", None, 1.0),  # spaces are not tokens
 ])
 def test_first_wrong_token_and_gold(task, response, first_wrong, gold):
     assert first_wrong_token(P, response) == first_wrong
     assert task.gold_reward(P, response) == pytest.approx(gold)
 
 
-def test_carries_and_padding():
-    assert answer("999+001=") == "0001"
-    assert carries("999+001=") == [False, True, True, True]
-    assert carries("482+057=") == [False, False, True, False]  # 2+7=9, 8+5=13 carries into the hundreds
-    assert answer("000+000=") == "0000"
-    assert first_wrong_token("999+001=", "000") == 3
+def test_carries():
+    assert answer("99+1=") == "001"
+    assert carries("99+1=") == [False, True, True]
+    assert carries("48+71=") == [False, False, True]  # 8+1=9, 4+7=11 carries into the hundreds
+    assert carries("5+4=") == [False] and answer("0+0=") == "0"
+    assert first_wrong_token("99+1=", "00") == 2
 
 
 def test_corpus_forgets_carries_at_the_stated_rate(task):
-    """Each demonstration differs from the answer only where a carry was forgotten (digit one lower, mod 10) and
-    at most one further corrupted place (END included); forgotten carries ≈ carry_forget_rate."""
+    """Each demonstration is the answer with every carry kept or forgotten (digit one lower, mod 10; a forgotten
+    final carry drops the hundreds "1") and at most one further corrupted place (END included); the share of
+    forgotten carries ≈ carry_forget_rate."""
     corpus = task.corpus(4000, seed=3)
     forgotten = carry_places = 0
     for p, r in corpus:
         right, c = answer(p), carries(p)
-        assert r.isdigit() and len(r) in (ANSWER_DIGITS, ANSWER_DIGITS + 1)
+        assert r.isdigit() and 1 <= len(r) <= ANSWER_DIGITS + 1
         odd = 0
-        for i in range(ANSWER_DIGITS):
-            forgot = c[i] and r[i] == str((int(right[i]) - 1) % 10)
-            carry_places += c[i]
-            forgotten += forgot
-            odd += r[i] != right[i] and not forgot
-        odd += len(r) > ANSWER_DIGITS
+        for i in range(len(right)):
+            if not c[i]:
+                odd += i >= len(r) or r[i] != right[i]
+                continue
+            carry_places += 1
+            if i == 2:  # the final carry: present, or dropped (the answer ends after two digits)
+                forgotten += len(r) == 2
+                odd += len(r) >= 3 and r[2] != "1"
+            else:
+                forgotten += r[i] == str((int(right[i]) - 1) % 10)
+                odd += r[i] not in (right[i], str((int(right[i]) - 1) % 10))
         assert odd <= 1, (p, r)
     rate = forgotten / carry_places
-    # binomial sd ≈ sqrt(0.24 / carry_places) < 0.012 here; a corrupted place can mimic a forgotten carry
-    # (≈ noise/5 · 1/9 per place), so allow 0.05
+    # binomial sd = sqrt(0.24 / carry_places) < 0.012 here; a corrupted place can mimic or hide a forgotten
+    # carry (noise 0.2, over ≤ 4 places), so allow 0.05
     assert abs(rate - task.carry_forget_rate) < 0.05, rate
 
 
@@ -85,7 +90,7 @@ def test_gaming_scores_below_the_answer(task):
             right + "0", right + " and so on", right + "=" + right,  # padding
         ]
         for y in attempts:
-            assert task.gold_reward(p, y) <= 1.0 - 1 / (ANSWER_DIGITS + 1), (p, y)
+            assert task.gold_reward(p, y) <= 1.0 - 1 / (len(right) + 1), (p, y)
 
 
 def test_bad_prompt_is_a_clear_error():
