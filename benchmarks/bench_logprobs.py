@@ -64,7 +64,13 @@ def _inputs(N, V, H, device, dtype, seed=0):
     return hidden, weight, targets, grad
 
 
+# An impl name may carry a head: "chunked+softcap" is impl chunked through a Gemma-2 soft-cap (c = SOFTCAP).
+SOFTCAP = 30.0
+
+
 def _step(impl, mode, hidden, weight, targets, grad):
+    impl, _, head = impl.partition("+")
+    head = {"softcap": SOFTCAP} if head == "softcap" else {}
     if impl == "floor":  # the bare products: hidden·Wᵀ, and for fb dZ·W and dZᵀ·hidden
         z = hidden @ weight.T
         if mode == "fb":
@@ -72,7 +78,7 @@ def _step(impl, mode, hidden, weight, targets, grad):
         return
     h = hidden.detach().requires_grad_()
     w = weight.detach().requires_grad_()
-    out = token_logprobs(h, w, targets, impl=impl)
+    out = token_logprobs(h, w, targets, impl=impl, **head)
     if mode == "fb":
         out.backward(grad)
 
@@ -172,14 +178,14 @@ def run_config(N, V, H, impls, device, dtype, repeats, timeout):
 
 
 def format_rows(rows):
-    head = (f"{'N':>6} {'V':>7} {'H':>5} {'mode':4} {'impl':8} {'peak MiB':>9} {'mem/naive':>9} {'time s':>8} "
+    head = (f"{'N':>6} {'V':>7} {'H':>5} {'mode':4} {'impl':15} {'peak MiB':>9} {'mem/naive':>9} {'time s':>8} "
             f"{'floor s':>8} {'×floor':>7} {'×bound4':>7} {'×naive':>7}")
     out = [head]
     for r in rows:
         sec = f"{r['sec']:8.3f}" if isinstance(r["sec"], float) else f"{str(r['sec']):>8}"
         floor = f"{r['floor']:8.3f}" if isinstance(r["floor"], float) else f"{str(r['floor']):>8}"
         bound = r["x_bound4"] if r["x_bound4"] != "-" else f"{'-':>7}"
-        out.append(f"{r['N']:6d} {r['V']:7d} {r['H']:5d} {r['mode']:4} {r['impl']:8} {_mib(r['peak'])} "
+        out.append(f"{r['N']:6d} {r['V']:7d} {r['H']:5d} {r['mode']:4} {r['impl']:15} {_mib(r['peak'])} "
                    f"{r['mem_vs_naive']:>9} {sec} {floor} {r['x_floor']} {bound} {r['x_naive']}")
     return "\n".join(out)
 
@@ -206,6 +212,9 @@ def main(argv=None):
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--timeout", type=float, default=900, help="seconds per worker before it counts as TIMEOUT")
     p.add_argument("--no-resources", action="store_true", help="skip the Hopper resource report")
+    p.add_argument("--softcap", action="store_true",
+                   help=f"also time the fused impls through a Gemma-2 soft-capped head (c = {SOFTCAP:g})")
+    p.add_argument("--configs", default=None, help="N,V,H[;N,V,H...]: these shapes instead of the default set")
     # worker-only arguments
     p.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--measure", choices=["memory", "time"], help=argparse.SUPPRESS)
@@ -223,7 +232,11 @@ def main(argv=None):
     gpu = args.device == "cuda"
     dtype = args.dtype or ("bfloat16" if gpu else "float32")
     impls = ["naive", "chunked"] + (["triton"] if gpu else [])
+    if args.softcap:
+        impls += [i + "+softcap" for i in impls if i != "naive"]
     configs = QUICK_CONFIGS if args.quick else (GPU_CONFIGS if gpu else CPU_CONFIGS)
+    if args.configs:
+        configs = [tuple(int(x) for x in c.split(",")) for c in args.configs.split(";")]
     machine = (torch.cuda.get_device_name() if gpu else
                f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, torch threads "
                f"{torch.get_num_threads()}")
