@@ -19,11 +19,14 @@ import json
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file, load_model as load_into, save_file, save_model
 from tqdm.auto import tqdm
 
 from tokendpo.data import TokenizedPair, collate_pairs
 from tokendpo.logps import batch_hidden, lm_head, sequence_logps
+
+
+SYNCED_REFERENCE = "reference.safetensors"  # in checkpoint dirs of --sync_ref_model runs
 
 
 class Reference:
@@ -93,6 +96,18 @@ class Reference:
             full = p.full_tensor() if hasattr(p, "full_tensor") else p
             target = ref_params[name]
             target.mul_(1 - alpha).add_(full.detach().to(device=target.device, dtype=target.dtype), alpha=alpha)
+
+    def save_weights(self, directory: Path) -> None:
+        """A moving (synced) reference is training state: its weights go into a checkpoint dir as
+        `reference.safetensors` (tied weights stored once), so a resumed TR-DPO run continues from it."""
+        save_model(self.model, str(Path(directory) / SYNCED_REFERENCE))
+
+    def load_weights(self, directory: Path) -> None:
+        path = Path(directory) / SYNCED_REFERENCE
+        if not path.is_file():
+            raise FileNotFoundError(f"{directory} has no {SYNCED_REFERENCE}: it was not saved by a --sync_ref_model "
+                                    f"run, so the synced reference cannot be restored")
+        load_into(self.model, str(path))
 
     def lm_head(self) -> tuple[torch.Tensor, torch.Tensor | None]:
         if self.head is not None:

@@ -290,7 +290,7 @@ def _plan(cfg: Config, cli_values: dict | None, on_existing: str) -> tuple[Confi
         raise config_mod.ConfigError("--dataset is required (or use --task NAME for a built-in task)")
     if cfg.data.share_prompt and (cfg.data.packing or cfg.model.gradient_checkpointing):
         raise config_mod.ConfigError("--share_prompt cannot be combined with --packing or --gradient_checkpointing")
-    cfg.loss.check(cfg.model, resuming=bool(cfg.train.resume_from))
+    cfg.loss.check(cfg.model)
     if int(os.environ.get("WORLD_SIZE", "1")) > 1 and cfg.train.parallel == "fsdp" and cfg.model.lora_r > 0:
         raise config_mod.ConfigError("--parallel fsdp with --lora_r is not supported; use --parallel ddp for LoRA")
     return cfg, ckpt
@@ -338,6 +338,8 @@ def _setup(cfg: Config, ckpt: Path | None, on_existing: str, d: distributed.Dist
     tokenizer = load_tokenizer(model_path)
     train_pairs, eval_pairs, stats = load_preference_data(cfg.data, tokenizer, seed=cfg.train.seed)
     model, ref = build_policy_and_reference(cfg, model_path, ckpt, device, tokenizer)
+    if ckpt is not None and cfg.loss.sync_ref_model:  # TR-DPO: resume the synced reference, not the initial one
+        ref.load_weights(ckpt)
     model.train()
     _on_main(d, lambda: _claim_output_dir(out, ckpt, on_existing))  # first write below this line
     if d.is_main:
@@ -495,10 +497,16 @@ def _save_checkpoint(run: Run, step: int) -> None:
     if run.d.is_main:
         run.state.log_history_len = run.log.rows
         run.state.world_size = run.d.world_size
-        save_checkpoint(run.out, step, save_model_fn=lambda dst: save_weights(run.model, dst, weights),
+        save_checkpoint(run.out, step, save_model_fn=lambda dst: _save_weights_and_reference(run, dst, weights),
                         tokenizer=run.tokenizer, optimizer_state=optim_state, scheduler=run.scheduler, state=run.state,
                         config_yaml=run.config_yaml, save_total_limit=run.cfg.train.save_total_limit)
     distributed.barrier(run.d)
+
+
+def _save_weights_and_reference(run: Run, dst: Path, weights: dict) -> None:
+    save_weights(run.model, dst, weights)
+    if run.cfg.loss.sync_ref_model:  # TR-DPO: the moving reference is training state, resumed from here
+        run.ref.save_weights(dst)
 
 
 def _finish(run: Run) -> dict[str, float]:

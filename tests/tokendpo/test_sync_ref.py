@@ -2,8 +2,9 @@
 
 Oracles: a hand-computed mix of two small layers; a training run whose step-3 rewards are recomputed from the
 checkpointed step-2 policy and a reference mixed by hand from it and the initial weights; the α = 1, k = 1 identity
-(the reference is always the previous policy, so every step starts at π = π_ref: loss ln 2); and, on torchrun with
-2 CPU processes, DDP and FSDP2 runs against one process at the same global batch.
+(the reference is always the previous policy, so every step starts at π = π_ref: loss ln 2); a resumed run against
+an uninterrupted one; and, on torchrun with 2 CPU processes, DDP and FSDP2 runs against one process at the same
+global batch.
 """
 
 import json
@@ -116,21 +117,39 @@ def test_synced_reference_matches_hand_mix(tiny_model_dir, pairs_file, tmp_path)
     assert abs(unsynced_c - expected_c) > 1e-4
 
 
-def test_refusals_through_the_cli(tiny_model_dir, pairs_file, tmp_path, capsys):
-    """Precomputed reference log-probs would go stale, and a resumed run would restart from the unsynced
-    reference: both are one `error:` line and exit 2."""
+def test_precompute_and_lora_are_refused(tiny_model_dir, pairs_file, tmp_path, capsys):
+    """Precomputed reference log-probs would go stale, and under LoRA the reference is the adapter-disabled
+    policy (nothing to mix into): one `error:` line and exit 2 from the CLI, a ConfigError from train()."""
     base = ["--model", str(tiny_model_dir), "--dataset", str(pairs_file), "--progress", "false", "--sync_ref_model"]
     assert main([*base, "--output_dir", str(tmp_path / "a"), "--ref_logps", "precompute"]) == 2
-    assert "use --ref_logps online" in capsys.readouterr().err
-    out = tmp_path / "b"
-    train(make_cfg(tiny_model_dir, pairs_file, out, max_steps=2, save_steps=2, sync_ref_model=True,
-                   ref_model_sync_steps=1))
-    assert main([*base, "--output_dir", str(out), "--resume_from", "latest", "--max_steps", "4",
-                 "--ref_model_sync_steps", "1"]) == 2
-    assert "cannot be resumed yet" in capsys.readouterr().err
-    cfg = make_cfg(tiny_model_dir, pairs_file, tmp_path / "c", sync_ref_model=True, lora_r=4)
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and "use --ref_logps online" in err and "Traceback" not in err
     with pytest.raises(ConfigError, match="--lora_r"):
-        train(cfg)
+        train(make_cfg(tiny_model_dir, pairs_file, tmp_path / "c", sync_ref_model=True, lora_r=4))
+
+
+def test_resume_continues_from_the_synced_reference(tiny_model_dir, pairs_file, tmp_path):
+    """The moving reference is training state: checkpoint-3 holds it (reference.safetensors, already moved by the
+    sync at step 2), and a run resumed from there to step 5 equals an uninterrupted one — metrics and final
+    weights, exactly — with another sync at step 4."""
+    from safetensors.torch import load_file
+
+    common = dict(max_steps=5, save_steps=3, sync_ref_model=True, ref_model_mixup_alpha=0.5, ref_model_sync_steps=2)
+    full, part = tmp_path / "full", tmp_path / "part"
+    train(make_cfg(tiny_model_dir, pairs_file, full, **common))
+    train(make_cfg(tiny_model_dir, pairs_file, part, **common))
+    saved_ref = load_file(str(part / "checkpoint-3" / "reference.safetensors"))
+    init = load_model(str(tiny_model_dir)).state_dict()
+    assert max(float((saved_ref[k] - init[k]).abs().max()) for k in saved_ref) > 1e-4  # the sync moved it
+    (part / "model.safetensors").unlink()  # as if the run had died after step 4
+    cfg = make_cfg(tiny_model_dir, pairs_file, part, **common)
+    cfg.train.resume_from = "latest"
+    train(cfg)
+    strip = lambda rows: [{k: v for k, v in r.items() if k != "tokens_per_second"} for r in rows]  # noqa: E731
+    assert strip(read_metrics(part)) == strip(read_metrics(full))
+    a, b = load_model(str(full)).state_dict(), load_model(str(part)).state_dict()
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
 
 
 # ---------------------------------------------------------------------------------------------- torchrun
