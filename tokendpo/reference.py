@@ -83,6 +83,14 @@ class Reference:
         policy: the (unwrapped) policy model with the reference's parameter names. Under FSDP2 its parameters are
         DTensor shards: each is gathered in full (`full_tensor`, a collective — every rank calls this, in the same
         parameter order) and every rank updates its own full copy of the reference, so all ranks stay equal."""
+        ref_params, pol_params = self.check_mixable(policy)
+        for name, p in pol_params.items():  # one fixed order on every rank: the collectives line up
+            full = p.full_tensor() if hasattr(p, "full_tensor") else p
+            target = ref_params[name]
+            target.mul_(1 - alpha).add_(full.detach().to(device=target.device, dtype=target.dtype), alpha=alpha)
+
+    def check_mixable(self, policy: torch.nn.Module) -> tuple[dict, dict]:
+        """(reference, policy) parameters by name; a ValueError when `mix_in` could not mix them."""
         if self.model is None or self.adapter_host is not None:
             raise ValueError("--sync_ref_model needs a separate reference model (not a precomputed cache, not the "
                              "adapter-disabled policy)")
@@ -92,10 +100,11 @@ class Reference:
             only = sorted(ref_params.keys() ^ pol_params.keys())[:3]
             raise ValueError(f"--sync_ref_model: the reference and the policy have different parameters "
                              f"(e.g. {', '.join(only)}); mixing needs the same architecture")
-        for name, p in pol_params.items():  # one fixed order on every rank: the collectives line up
-            full = p.full_tensor() if hasattr(p, "full_tensor") else p
-            target = ref_params[name]
-            target.mul_(1 - alpha).add_(full.detach().to(device=target.device, dtype=target.dtype), alpha=alpha)
+        bad = [n for n, p in ref_params.items() if p.shape != pol_params[n].shape]
+        if bad:
+            raise ValueError(f"--sync_ref_model: parameter {bad[0]} has shape {tuple(ref_params[bad[0]].shape)} in "
+                             f"the reference but {tuple(pol_params[bad[0]].shape)} in the policy")
+        return ref_params, pol_params
 
     def save_weights(self, directory: Path) -> None:
         """A moving (synced) reference is training state: its weights go into a checkpoint dir as

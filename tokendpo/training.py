@@ -338,8 +338,10 @@ def _setup(cfg: Config, ckpt: Path | None, on_existing: str, d: distributed.Dist
     tokenizer = load_tokenizer(model_path)
     train_pairs, eval_pairs, stats = load_preference_data(cfg.data, tokenizer, seed=cfg.train.seed)
     model, ref = build_policy_and_reference(cfg, model_path, ckpt, device, tokenizer)
-    if ckpt is not None and cfg.loss.sync_ref_model:  # TR-DPO: resume the synced reference, not the initial one
-        ref.load_weights(ckpt)
+    if cfg.loss.sync_ref_model:  # TR-DPO: a reference it can mix into; a resume restores the synced one
+        ref.check_mixable(model)
+        if ckpt is not None:
+            ref.load_weights(ckpt)
     model.train()
     _on_main(d, lambda: _claim_output_dir(out, ckpt, on_existing))  # first write below this line
     if d.is_main:

@@ -128,6 +128,17 @@ def test_precompute_and_lora_are_refused(tiny_model_dir, pairs_file, tmp_path, c
         train(make_cfg(tiny_model_dir, pairs_file, tmp_path / "c", sync_ref_model=True, lora_r=4))
 
 
+def test_unmixable_ref_model_is_refused_before_training(tiny_model_dir, pairs_file, tmp_path):
+    """A --ref_model of another shape cannot be mixed into: refused at setup, before any step or file."""
+    from tokendpo.modeling import build_preset
+
+    other = build_preset("small-llama", tmp_path / "small", seed=0)
+    out = tmp_path / "out"
+    with pytest.raises(ValueError, match="--sync_ref_model: "):
+        train(make_cfg(tiny_model_dir, pairs_file, out, sync_ref_model=True, ref_model=str(other)))
+    assert not (out / "metrics.jsonl").exists()
+
+
 def test_resume_continues_from_the_synced_reference(tiny_model_dir, pairs_file, tmp_path):
     """The moving reference is training state: checkpoint-3 holds it (reference.safetensors, already moved by the
     sync at step 2), and a run resumed from there to step 5 equals an uninterrupted one — metrics and final
