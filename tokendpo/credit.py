@@ -23,6 +23,7 @@ from __future__ import annotations
 import argparse
 import html
 import json
+import math
 import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -313,6 +314,21 @@ def format_rows(rows: Sequence[dict]) -> str:
     return "\n".join(lines)
 
 
+def _check_args(a, tasks) -> None:
+    """Every argument checked before a model is loaded or a file written (ValueError -> `error: ...`, exit 2)."""
+    for flag, value, lo in (("--per_position", a.per_position, 1), ("--max_rounds", a.max_rounds, 1),
+                            ("--examples", a.examples, 0), ("--max_new_tokens", a.max_new_tokens, 1)):
+        if value is not None and value < lo:
+            raise ValueError(f"{flag} {value}: must be >= {lo}")
+    if a.beta is not None and not (math.isfinite(a.beta) and a.beta > 0):
+        raise ValueError(f"--beta {a.beta}: must be a finite number > 0")
+    if a.task is not None and a.task not in tasks:
+        raise ValueError(f"--task {a.task!r}: unknown task; tasks: {', '.join(sorted(tasks))}")
+    out = Path(a.output_dir or a.policy)
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"--output_dir {out}: exists and is not a directory")
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m tokendpo.credit", description=__doc__.split("\n\n")[0])
     ap.add_argument("--policy", required=True, help="DPO policy dir")
@@ -339,11 +355,17 @@ def main(argv: list[str] | None = None) -> int:
         ap.error("--prompt needs --response")
 
     from tokendpo.eval import token_rewards
+    from tokendpo.model_checks import check_model_fits_tokenizer, check_same_model_vocab
     from tokendpo.modeling import load_model, load_tokenizer
+    from tokendpo.rundir import write_atomic
+    from tokendpo.tasks import TASKS
 
     try:
+        _check_args(a, TASKS)
         tokenizer = load_tokenizer(a.policy)
         policy, reference = load_model(a.policy).eval(), load_model(a.ref).eval()
+        check_model_fits_tokenizer(policy, tokenizer, f"--policy {a.policy}")
+        check_same_model_vocab(policy, reference, f"--policy {a.policy}", f"--ref {a.ref}")
     except (OSError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
@@ -370,7 +392,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 2
     out.mkdir(parents=True, exist_ok=True)
-    (out / "credit.json").write_text(json.dumps({"beta": beta, **info, "rows": rows}, indent=1) + "\n")
+    write_atomic(out / "credit.json", json.dumps({"beta": beta, **info, "rows": rows}, indent=1) + "\n")
     picked = pick_views(shown, a.examples)
     if picked:
         labels = [f"{w.prompt} {w.response} (first wrong: {w.first_wrong})" for w, _ in picked]

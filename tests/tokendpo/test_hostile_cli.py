@@ -209,3 +209,36 @@ def test_eval_writes_token_rewards_whole(tiny_model_dir, data, tmp_path):
     rows = [json.loads(x) for x in (out / "token_rewards.jsonl").read_text().splitlines()]
     assert len(rows) == 8
     assert sorted(p.name for p in out.iterdir()) == ["eval_summary.json", "token_rewards.jsonl"]
+
+
+# -------------------------------------------------------------------------------------------- credit arguments
+
+@pytest.mark.parametrize("extra, needle", [
+    (["--task", "sentiment", "--per_position", "0"], "--per_position 0"),
+    (["--task", "sentiment", "--max_rounds", "-1"], "--max_rounds"),
+    (["--task", "sentiment", "--beta", "0"], "--beta"),
+    (["--task", "sentiment", "--beta", "nan"], "--beta"),
+    (["--task", "no-such-task"], "no-such-task"),
+    (["--prompt", "hi", "--response", "yo", "--beta", "-2"], "--beta"),
+])
+def test_credit_bad_arguments(tiny_model_dir, tmp_path, capsys, extra, needle):
+    from tokendpo.credit import main as credit_main
+
+    code = credit_main(["--policy", str(tiny_model_dir), "--ref", str(tiny_model_dir),
+                        "--output_dir", str(tmp_path / "c"), *extra])
+    expect_error(capsys, code, needle)
+    assert not (tmp_path / "c").exists()
+
+
+def test_credit_output_path_that_is_a_file_and_vocab_mismatch(tiny_model_dir, tmp_path, capsys):
+    from tokendpo.credit import main as credit_main
+
+    f = tmp_path / "a-file"
+    f.write_text("x")
+    code = credit_main(["--policy", str(tiny_model_dir), "--ref", str(tiny_model_dir), "--prompt", "hi",
+                        "--response", "yo", "--output_dir", str(f)])
+    expect_error(capsys, code, "not a directory")
+    bigger = save_llama(tmp_path / "bigger", byte_level_tokenizer(), vocab_size=300)
+    code = credit_main(["--policy", str(tiny_model_dir), "--ref", str(bigger), "--prompt", "hi", "--response", "yo",
+                        "--output_dir", str(tmp_path / "c")])
+    expect_error(capsys, code, "300", "260")
