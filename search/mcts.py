@@ -1,28 +1,36 @@
 """Monte-Carlo tree search over tokens, backed by the DPO implicit reward, with node-local KV caches.
 
-A node is a prefix s (prompt + committed tokens + the path to it). Its children are the policy's top-k next
-tokens a, each with
+A node is a prefix s (prompt + committed tokens + the path to it). Its children are the candidate tokens a —
+the support of `search.scoring` over the policy: no special token but EOS, inside π's top-k / top-p (default
+top-8) — each with
 
-    prior  P(s, a) = π(a | s) / Σ_{b ∈ top-k} π(b | s)
-    reward r(s, a) = β·(log π(a|s) − log π_ref(a|s)) − λ       (β·log π(a|s) − λ with score="likelihood")
+    prior  P(s, a) = π(a | s) / Σ_{b ∈ candidates} π(b | s)
+    reward r(s, a) = β·(log π(a|s) − (1 − λ)·log π_ref(a|s)) − length_penalty
+                   = r_t + λ·β·log π_ref(a|s) − length_penalty        (λ: 0 implicit, 1 likelihood, mixed)
 
 all read off the node's two next-token distributions, so creating children costs no forward pass. Each node
 keeps N (visits) and W (sum of the returns backed up through it, counted from its own state onwards), and
 
     Q(s, a) = r(s, a) + W(s·a) / N(s·a)                (= r(s, a) while s·a is unvisited)
 
-One simulation: from the root, descend by PUCT (AlphaZero)
+One simulation: from the root, descend by PUCT (AlphaZero), with Q min–max normalised inside each tree
+(MuZero: Q̂ = (Q − Q_min) / (Q_max − Q_min) over every Q the tree has seen), so c_puct is unitless whatever
+the score and β:
 
-    a* = argmax_a  Q(s, a) + c_puct · P(s, a) · √N(s) / (1 + N(s, a))
+    a* = argmax_a  Q̂(s, a) + c_puct · P(s, a) · √N(s) / (1 + N(s, a))
 
 until a node that was never evaluated or is terminal (EOS, or the last allowed token). Evaluating the leaf
 runs one position through both models — the leaf's token attending over its path's cached K/V — which yields
-its children. The leaf value v is 0, or the summed reward of a greedy policy rollout of `rollout_len` tokens.
-Back-up: G ← v at the leaf, then for each node on the path from the leaf up, N += 1, W += G,
-G ← r(edge into it) + G. The root's own evaluation counts as its first visit, as a leaf's does.
+its children. The leaf value v: the summed reward of a greedy rollout of `rollout_len` tokens (within the
+support), or without rollout the bound v = λ·β·max_a log π(a | leaf): the implicit part of the score has value
+0 up to a constant at the DPO optimum, and the likelihood part of every continuation is at most its best next
+token's (later terms are ≤ 0) — tight for one step, where v = 0 would be optimistic for λ > 0. A terminal
+leaf's value is 0. Back-up: G ← v at the leaf, then for each node on the path from the leaf up, N += 1,
+W += G, G ← r(edge into it) + G. The root's own evaluation counts as its first visit, as a leaf's does.
 
 With `leaf_batch` > 1, several simulations of one tree run together: their paths are chosen one after another
-with virtual visits (see `simulate`) and their new leaves evaluated in one batch.
+with virtual losses (a pending visit counts as the tree's minimum Q, see `select_path`) and their new leaves
+evaluated in one batch.
 
 After `simulations` simulations the most-visited root child (ties: higher Q, then higher prior) is
 committed; it becomes the root and keeps its subtree and statistics; its siblings' subtrees are dropped.
