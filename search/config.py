@@ -25,8 +25,9 @@ def _f(default: Any, help: str, choices: tuple | None = None):  # `help`: the ar
 
 
 SUPPORT_HELP = ("when neither --top_k nor --top_p is given: greedy, sampling and likelihood beam/best-of-N/CBS "
-                f"unrestricted (beam: parity with transformers); implicit and mixed top-k {scoring.GUIDED_SUPPORT[0]}"
-                f" (every ranking decoder); MCTS top-k {scoring.MCTS_SUPPORT[0]}")
+                "unrestricted (beam: parity with transformers); implicit and mixed "
+                + scoring.describe_support(scoring.GUIDED_SUPPORT) + " (beam, best-of-N, CBS); MCTS "
+                + scoring.describe_support(scoring.MCTS_SUPPORT))
 
 
 @dataclass

@@ -24,8 +24,9 @@ reference drops out of the score, and a search may skip π_ref (`needs_reference
 
 When `top_k` / `top_p` are None, each decoder uses its documented default (`SUPPORT_DEFAULTS`,
 `default_support`): likelihood beam search is unrestricted, for exact parity with transformers' beam search;
-the implicit-guided scores (implicit, mixed) share `GUIDED_SUPPORT`, because ranking all V tokens by
-log π − log π_ref picks tokens the reference never produces; MCTS expands the policy's top-8.
+the implicit-guided scores (implicit, mixed) share `GUIDED_SUPPORT` (the policy's top-p 0.9 nucleus), because
+ranking all V tokens by log π − log π_ref picks tokens the reference never produces — and a fixed top-k still
+admits the tail where the policy is peaked; MCTS expands the policy's top-8.
 
 **Proposal.** Best-of-N and chunk-level beam search sample candidates from a proposal (`policy` or
 `reference`) at a temperature, within the support, and rank them by the score. The default proposal is the
@@ -45,7 +46,10 @@ PROPOSALS = ("policy", "reference")
 DEFAULT_REF_WEIGHT = 0.5  # λ of score="mixed" when none is given
 
 UNRESTRICTED = (0, 1.0)  # (top_k, top_p)
-GUIDED_SUPPORT = (8, 1.0)  # implicit and mixed, every decoder that ranks
+# implicit and mixed, every decoder that ranks. Measured on the default sentiment run (64 held-out prompts, K = 4):
+# implicit beam gold −1.00 unrestricted, −0.99 with top-k 8, +0.26 with top-p 0.9 (= likelihood beam's); top-p 0.9
+# also lifted reference-proposal best-of-8 from +0.10 to +0.16 and CBS 2,4,4 from +0.15 to +0.23.
+GUIDED_SUPPORT = (0, 0.9)
 MCTS_SUPPORT = (8, 1.0)  # MCTS children per node, every score
 SUPPORT_DEFAULTS = {  # (decoder, score) -> (top_k, top_p) when neither flag is given; score None = any score
     ("greedy", None): UNRESTRICTED, ("sample", None): UNRESTRICTED, ("mcts", None): MCTS_SUPPORT,
@@ -130,6 +134,13 @@ def resolve_support(decoder: str, score: str, top_k: int | None, top_p: float | 
     top_p = UNRESTRICTED[1] if top_p is None else float(top_p)
     check_support(top_k, top_p)
     return top_k, top_p
+
+
+def describe_support(support: tuple[int, float]) -> str:
+    """'top-k 8', 'top-p 0.9', 'top-k 8, top-p 0.9' or 'unrestricted'."""
+    k, p = support
+    parts = ([f"top-k {k}"] if k else []) + ([f"top-p {p:g}"] if p < 1 else [])
+    return ", ".join(parts) or "unrestricted"
 
 
 def check_support(top_k: int, top_p: float) -> None:

@@ -82,11 +82,12 @@ def brute_force(pol, ref, score, beta, length_penalty, alpha):
                                                         ("implicit", 0.2, 0.0), ("implicit", 0.0, 1.0)])
 @pytest.mark.parametrize("seed", [0, 1, 2])
 def test_wide_beam_is_exhaustive(table_lm, score, length_penalty, alpha, seed):
-    """With K beams ≥ every partial response, beam search returns the enumerated optimum of its score."""
+    """With K beams ≥ every partial response and an unrestricted support, beam search returns the enumerated
+    optimum of its score."""
     pol, ref = random_table(seed), random_table(seed + 50)
     scorer = PairScorer(table_lm(pol, V), table_lm(ref, V), beta=0.5, pad_token_id=0)
     out = beam_search(scorer, [[0]], num_beams=16, max_new_tokens=MAX_NEW, eos_token_id=EOS, score=score,
-                      length_penalty=length_penalty, length_norm=alpha)
+                      length_penalty=length_penalty, length_norm=alpha, top_k=0)
     assert out[0].token_ids == brute_force(pol, ref, score, 0.5, length_penalty, alpha)
 
 

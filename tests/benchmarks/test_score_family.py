@@ -1,0 +1,33 @@
+"""benchmarks/score_family.py --quick on two tiny random Llamas: every quick decoder is measured and compared per
+prompt, the printed rates agree with the W/T/L counts, and --quick writes nothing under benchmarks/."""
+
+import re
+
+from benchmarks import score_family
+from tokendpo.modeling import build_preset
+
+
+def test_quick_runs_compares_and_writes_nothing(tiny_model_dir, tmp_path, capsys):
+    ref = build_preset("tiny-llama", tmp_path / "ref", seed=1)
+    md, js = score_family.HERE / "RESULTS_score_family.md", score_family.HERE / "results" / "score_family.json"
+    before = [(p.stat().st_mtime_ns if p.exists() else None) for p in (md, js)]
+    rc = score_family.main(["--quick", "--policy", str(tiny_model_dir), "--ref", str(ref), "--max_new_tokens", "4",
+                            "--beta", "0.2"])
+    out = capsys.readouterr().out
+    assert rc == 0
+    assert [(p.stat().st_mtime_ns if p.exists() else None) for p in (md, js)] == before
+    rows = [line.split("|")[1:-1] for line in out.splitlines() if re.match(r"\| \S+ \| (sample|best_likelihood) \|", line)]
+    assert {r[0].strip() for r in rows} == set(score_family.QUICK) - {"sample"}
+    for r in rows:
+        w, t, l_, n = (int(r[i]) for i in (4, 5, 6, 7))
+        assert w + t + l_ == n == 4
+        assert float(r[8]) == (w + t / 2) / n
+        lo, hi = (float(x) for x in r[9].strip(" []").split(","))
+        assert lo <= float(r[8]) <= hi
+
+
+def test_bad_arguments_are_errors(tiny_model_dir, tmp_path, capsys):
+    assert score_family.main(["--quick", "--policy", str(tmp_path / "none")]) == 2
+    assert "python -m tokendpo.train" in capsys.readouterr().err
+    assert score_family.main(["--quick", "--policy", str(tiny_model_dir), "--ref", "x", "--decoders", "nope"]) == 2
+    assert "unknown decoder" in capsys.readouterr().err
