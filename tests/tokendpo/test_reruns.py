@@ -37,13 +37,17 @@ def test_continue_flags_for_each_state_and_the_cli_accepts_them(tiny_model_dir, 
     assert [r["step"] for r in rows] == [1]
 
 
+# a pipeline far smaller than --quick: the test is about the stage logic, not the result
+TINY = dict(sft_examples=64, sft_steps=10, pair_prompts=16, eval_pair_prompts=8, dpo_steps=3, eval_prompts=8)
+
+
 @pytest.mark.slow
 def test_pipeline_is_locked_and_resumes_an_interrupted_dpo_stage(tmp_path):
     out = tmp_path / "pipe"
     with OutputLock(out):
         with pytest.raises(RunLockedError, match="in use"):
-            run_pipeline("sentiment", str(out), seed=0, quick=True, progress=False, print_summary=False)
-    first = run_pipeline("sentiment", str(out), seed=0, quick=True, progress=False, print_summary=False)
+            run_pipeline("sentiment", str(out), seed=0, quick=True, progress=False, print_summary=False, **TINY)
+    first = run_pipeline("sentiment", str(out), seed=0, quick=True, progress=False, print_summary=False, **TINY)
     # interrupt the DPO stage after the fact: drop its completion marker, final weights and last metrics,
     # and leave a checkpoint, as a run killed mid-stage would
     dpo = out / "dpo"
@@ -51,6 +55,6 @@ def test_pipeline_is_locked_and_resumes_an_interrupted_dpo_stage(tmp_path):
     assert not list(dpo.glob("checkpoint-*"))  # the quick recipe saves none: the stage is cleared and redone
     (dpo / COMPLETE).unlink()
     (out / "summary.json").unlink()
-    again = run_pipeline("sentiment", str(out), seed=0, quick=True, progress=False, print_summary=False)
+    again = run_pipeline("sentiment", str(out), seed=0, quick=True, progress=False, print_summary=False, **TINY)
     assert again == first  # deterministic: the redone stage equals the first
     assert [json.loads(x)["step"] for x in (dpo / "metrics.jsonl").read_text().splitlines()] == steps
