@@ -53,7 +53,7 @@ def test_booleans_lists_and_equals_form():
 @pytest.mark.parametrize("argv, needle", [
     (["--betta", "0.1"], "did you mean --beta"),
     (["--learning_rat", "1"], "--learning_rate"),
-    (["--kernel", "cuda"], "not one of auto, triton, chunked, naive"),
+    (["--kernel", "cuda"], "not one of auto, naive, chunked, triton"),  # kernels.IMPLS, in its order
     (["--max_steps", "ten"], "'max_steps'"),
     (["--beta"], "needs a value"),
     (["beta", "0.1"], "unexpected argument"),
