@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from search import scoring
+from search.mcts import LEAF_VALUES
 
 METHODS = ("sample", "greedy", "bon", "beam", "cbs", "mcts")
 SCORES = scoring.SCORES
@@ -73,6 +74,9 @@ class SearchConfig:
     simulations: int = _f(16, "MCTS simulations per committed token")
     c_puct: float = _f(1.0, "PUCT exploration constant")
     rollout_len: int = _f(0, "MCTS leaf value: 0 = zero, n > 0 = summed reward of an n-token greedy policy rollout")
+    leaf_value: str = _f("auto", "MCTS leaf value: rollout (greedy, --rollout_len tokens), bound (λ·β·max log π at "
+                         "the leaf), zero, or auto (rollout when --rollout_len > 0, else bound)", LEAF_VALUES)
+    normalize_q: bool = _f(True, "MCTS: min–max normalise Q inside each tree (MuZero), so --c_puct is unitless")
     leaf_batch: int = _f(1, "MCTS leaves chosen per tree and evaluated in one batch (virtual visits; 1 = sequential)")
     reuse_cache: bool = _f(True, "MCTS: extend parent KV caches (true) or re-encode every node's prefix (baseline)")
     # execution

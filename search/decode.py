@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import dataclasses
-import inspect
 import json
 import os
 import sys
@@ -29,7 +28,7 @@ from tqdm import tqdm
 from search import scoring
 from search.beam import beam_search, chunk_beam_search
 from search.config import DEFAULT_BETA, SearchConfig
-from search.mcts import mcts
+from search.mcts import make_params, mcts
 from search.sampling import best_of_n, greedy, sample
 from search.scorer import Decoded, PairScorer
 from tokendpo.device import pick_device
@@ -201,19 +200,11 @@ def encode_prompt(tokenizer, text: str, chat_template: bool) -> list[int]:
 
 
 def _mcts_kwargs(cfg: SearchConfig, banned: list[int]) -> dict:
-    """MCTS's arguments from the shared score and support; refuses what this MCTS cannot do yet."""
-    accepts = inspect.signature(mcts).parameters
-    top_k, top_p = cfg.support()
-    kw = dict(simulations=cfg.simulations, c_puct=cfg.c_puct, topk=top_k or 10**9, rollout_len=cfg.rollout_len,
-              reuse_cache=cfg.reuse_cache, score=cfg.score, leaf_batch=cfg.leaf_batch,
-              length_penalty=cfg.length_penalty)
-    for name, value, unsupported in (("ref_weight", cfg.lam, cfg.score == "mixed"), ("top_p", top_p, top_p < 1),
-                                     ("banned_tokens", banned, False)):
-        if name in accepts:
-            kw[name] = value
-        elif unsupported:
-            raise ValueError(f"--mcts does not support --{name} {value} yet")
-    return kw
+    """MCTS's arguments: the shared score and support (top_k/top_p None = MCTS's default) and its own knobs."""
+    return dict(simulations=cfg.simulations, c_puct=cfg.c_puct, top_k=cfg.top_k, top_p=cfg.top_p,
+                rollout_len=cfg.rollout_len, reuse_cache=cfg.reuse_cache, score=cfg.score, ref_weight=cfg.ref_weight,
+                banned_tokens=banned, normalize_q=cfg.normalize_q, leaf_value=cfg.leaf_value,
+                leaf_batch=cfg.leaf_batch, length_penalty=cfg.length_penalty)
 
 
 def decode_batch(scorer: PairScorer, prompts: list[list[int]], cfg: SearchConfig, eos_token_id: int,
@@ -333,8 +324,9 @@ def run(cfg: SearchConfig, policy, reference, tokenizer, texts: list[str], task=
     encoded = [encode_prompt(tokenizer, t, cfg.chat_template) for t in texts]
     cfg = dataclasses.replace(cfg, max_new_tokens=cfg.new_tokens(task))
     check_lengths(encoded, (policy, reference), cfg.max_new_tokens, texts)
-    if cfg.method == "mcts":
-        _mcts_kwargs(cfg, banned)  # refuses what this MCTS cannot do, before any output
+    if cfg.method == "mcts":  # refuse what MCTS cannot do (e.g. an unbounded support) before any output
+        kw = {k: v for k, v in _mcts_kwargs(cfg, banned).items() if k != "leaf_batch"}
+        make_params(max_new_tokens=cfg.max_new_tokens, eos_token_id=tokenizer.eos_token_id, **kw)
     return _decode(cfg, scorer, tokenizer, texts, encoded, banned, task, skip)
 
 

@@ -241,8 +241,9 @@ def test_gold_is_judged_on_exactly_the_decoded_ids(tiny_model_dir, ref_model_dir
             return float(len(response))
 
     texts = ["the cat", "zebra", "", "ab"]
-    for method in ("greedy", "beam", "bon"):
-        cfg = SearchConfig(method=method, beam=2, bon=2, max_new_tokens=6, progress=False, batch_size=2)
+    for method in ("greedy", "beam", "bon", "mcts"):
+        cfg = SearchConfig(method=method, beam=2, bon=2, simulations=2, max_new_tokens=6, progress=False,
+                           batch_size=2)
         for r in run(cfg, pol, reference, tokenizer, texts, EchoTask()):
             body = r["token_ids"][:-1] if r["token_ids"][-1:] == [tokenizer.eos_token_id] else r["token_ids"]
             assert not set(body) & set(banned_token_ids(tokenizer)) and tokenizer.eos_token_id not in body
@@ -295,7 +296,7 @@ HOSTILE = [
     (["--top_p", "nan"], "top_p"), (["--top_k", "-1"], "top_k"), (["--max_new_tokens", "-1"], "--max_new_tokens"),
     (["--beam", "2", "--score", "mixed", "--ref_weight", "inf"], "--ref_weight"),
     (["--beam", "2", "--ref_weight", "0.5"], "--score mixed"), (["--beam", "2", "--proposal", "reference"], "--bon"),
-    (["--resume"], "--resume needs --output"),
+    (["--resume"], "--resume needs --output"), (["--mcts", "--top_k", "0"], "bounded support"),
 ]
 
 
