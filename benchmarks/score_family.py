@@ -48,6 +48,7 @@ DECODERS = [  # name, SearchConfig fields
     ("cbs-implicit-2,4,4-ref", dict(method="cbs", cbs=(2, 4, 4), score="implicit", proposal="reference")),
     ("cbs-implicit-2,4,4-policy", dict(method="cbs", cbs=(2, 4, 4), score="implicit", proposal="policy")),
     ("cbs-mixed-2,4,4-policy", dict(method="cbs", cbs=(2, 4, 4), score="mixed", ref_weight=0.5, proposal="policy")),
+    *[(f"mcts-{s}-8", dict(method="mcts", simulations=8, score=s)) for s in ("likelihood", "implicit", "mixed")],
 ]
 QUICK = ("sample", "beam-lik-2", "beam-mixed-4", "bon-implicit-8-ref")
 
@@ -126,13 +127,13 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--batch_size", type=int, default=32)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--threads", type=int, default=1)
-    ap.add_argument("--quick", action="store_true", help=f"4 prompts, decoders {', '.join(QUICK)}; writes nothing")
+    ap.add_argument("--quick", action="store_true", help=f"4 prompts, decoders {', '.join(QUICK)} unless --decoders; writes nothing")
     a = ap.parse_args(argv)
     command = "python -m benchmarks.score_family " + " ".join(argv if argv is not None else sys.argv[1:])
     names = [n for n in a.decoders.split(",") if n] or [n for n, _ in DECODERS]
     unknown = set(names) - dict(DECODERS).keys()
     if a.quick:
-        names, a.prompts = [n for n in names if n in QUICK] or list(QUICK), min(a.prompts, 4)
+        names, a.prompts = (names if a.decoders else list(QUICK)), min(a.prompts, 4)
     ref, beta = trained_against(a.policy) if os.path.isdir(a.policy) else (None, None)
     ref, beta = a.ref or ref, a.beta or beta or 0.1
     if unknown or "sample" not in names or not os.path.isdir(a.policy) or ref is None:
