@@ -168,8 +168,8 @@ def render_beam(beam_rows: list[dict]) -> str:
 
 
 # ---- grid mode: one configuration per fresh process --------------------------------------------------------
-DEFAULT_GRID = ("mcts-reencode:2:16:8,mcts:2:16:8,"
-                "beam:8:4:16,mcts:8:16:16,mcts:8:64:16:4")
+DEFAULT_GRID = ("beam:8:4:8,mcts:8:16:8,mcts:8:16:8:4,mcts:8:64:8:4,mcts:2:16:8,mcts-reencode:2:16:8,"
+                "beam:8:4:32,mcts:8:16:32")  # ≈ 22 min on 2 shared cores with the real SmolLM2
 QUICK_GRID = "beam:3:4:6,mcts:3:4:6,mcts-reencode:3:4:6,mcts:3:8:6:2"
 ROW_KEYS = ("model", "decoder", "prompts", "width", "new_tokens", "peak_extra_mb", "seconds", "forward_tokens",
             "ms_per_forward_token")
