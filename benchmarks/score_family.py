@@ -38,7 +38,7 @@ HERE = Path(__file__).parent
 DECODERS = [  # name, SearchConfig fields
     ("sample", dict(method="sample")),
     ("greedy", dict(method="greedy")),
-    *[(f"beam-lik-{k}", dict(method="beam", beam=k, score="likelihood")) for k in (2, 4, 8, 16)],
+    *[(f"beam-lik-{k}", dict(method="beam", beam=k, score="likelihood")) for k in (2, 4, 8, 12, 16, 24)],
     *[(f"bon-lik-{n}", dict(method="bon", bon=n, score="likelihood")) for n in (4, 8)],
     ("beam-implicit-4", dict(method="beam", beam=4, score="implicit")),
     ("beam-implicit-4-unrestricted", dict(method="beam", beam=4, score="implicit", top_k=0)),
@@ -49,6 +49,7 @@ DECODERS = [  # name, SearchConfig fields
     ("cbs-implicit-2,4,4-policy", dict(method="cbs", cbs=(2, 4, 4), score="implicit", proposal="policy")),
     ("cbs-mixed-2,4,4-policy", dict(method="cbs", cbs=(2, 4, 4), score="mixed", ref_weight=0.5, proposal="policy")),
     *[(f"mcts-{s}-8", dict(method="mcts", simulations=8, score=s)) for s in ("likelihood", "implicit", "mixed")],
+    *[(f"mcts-likelihood-{n}", dict(method="mcts", simulations=n, score="likelihood")) for n in (4, 12, 16)],
 ]
 QUICK = ("sample", "beam-lik-2", "beam-mixed-4", "bon-implicit-8-ref")
 
