@@ -28,7 +28,7 @@ from tqdm import tqdm
 from search import scoring
 from search.beam import beam_search, chunk_beam_search
 from search.config import DEFAULT_BETA, SearchConfig
-from search.mcts import make_params, mcts
+from search.mcts import check_mcts_memory, make_params, mcts
 from search.sampling import best_of_n, greedy, sample
 from search.scorer import Decoded, PairScorer
 from tokendpo.device import pick_device
@@ -327,6 +327,8 @@ def run(cfg: SearchConfig, policy, reference, tokenizer, texts: list[str], task=
     if cfg.method == "mcts":  # refuse what MCTS cannot do (e.g. an unbounded support) before any output
         kw = {k: v for k, v in _mcts_kwargs(cfg, banned).items() if k != "leaf_batch"}
         make_params(max_new_tokens=cfg.max_new_tokens, eos_token_id=tokenizer.eos_token_id, **kw)
+        check_mcts_memory(policy, reference, sorted(map(len, encoded))[-cfg.batch_size:], simulations=cfg.simulations,
+                          max_new_tokens=cfg.max_new_tokens, leaf_batch=cfg.leaf_batch, rollout_len=cfg.rollout_len)
     return _decode(cfg, scorer, tokenizer, texts, encoded, banned, task, skip)
 
 
