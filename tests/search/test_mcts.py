@@ -297,3 +297,17 @@ def test_virtual_loss_steers_a_batch_away_from_pending_paths():
     assert select_path(tree, p)[-1] is kids[0]  # a tie: the first
     kids[0].virtual = 1
     assert select_path(tree, p)[-1] is kids[1]
+
+
+def test_decode_cli_refuses_a_search_that_cannot_fit(tiny_model_dir, ref_model_dir, tmp_path, capsys):
+    from search import decode
+
+    prompts = tmp_path / "prompts.jsonl"
+    prompts.write_text('{"prompt": "hello"}\n')
+    out = tmp_path / "out.jsonl"
+    rc = decode.main(["--policy", str(tiny_model_dir), "--ref", str(ref_model_dir), "--prompts", str(prompts),
+                      "--mcts", "--simulations", str(10**12), "--max_new_tokens", "4", "--beta", "0.1",
+                      "--output", str(out)])
+    err = capsys.readouterr().err
+    assert rc == 2 and "error:" in err and "--batch_size" in err and "Traceback" not in err
+    assert not out.exists()
