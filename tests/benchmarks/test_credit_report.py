@@ -85,3 +85,19 @@ def test_bad_arguments(capsys):
     assert main(["--per_position", "0"]) == 2
     assert main(["--root", "/nonexistent/tasks"]) == 2
     assert capsys.readouterr().err.count("error:") == 2
+
+
+def test_results_markdown_matches_the_json():
+    """Every rate of benchmarks/results/credit.json appears in RESULTS_tasks.md's credit table unchanged."""
+    from pathlib import Path
+
+    repo = Path(__file__).resolve().parents[2]
+    path = repo / "benchmarks" / "results" / "credit.json"
+    if not path.exists():
+        pytest.skip("no credit.json yet (written by a full run)")
+    md = (repo / "benchmarks" / "RESULTS_tasks.md").read_text().splitlines()
+    methods = ["implicit", "random", "positional", "argmin_logp_policy", "argmin_logp_ref"]
+    for r in json.loads(path.read_text())["rows"]:
+        line = next(x for x in md if x.startswith(f"| {r['samples']} | {r['recipe']} | {r['scope']} |"))
+        cell = line.strip("|").split("|")[3 + methods.index(r["method"])].strip()
+        assert cell == f"{r['rate']:.1%} [{r['ci'][0]:.1%}, {r['ci'][1]:.1%}]", (r, cell)
