@@ -32,6 +32,8 @@ from search.mcts import check_mcts_memory, make_params, mcts
 from search.sampling import best_of_n, greedy, sample
 from search.scorer import Decoded, PairScorer
 from tokendpo.device import pick_device
+from tokendpo.model_checks import (check_model_fits_tokenizer, check_same_model_vocab, check_same_vocabulary,
+                                   max_positions, model_vocab_size)
 
 METHOD_FLAGS = {  # flag → (method, config field it sets)
     "--sample": ("sample", None), "--greedy": ("greedy", None), "--bon": ("bon", "bon"),
@@ -232,27 +234,14 @@ def decode_batch(scorer: PairScorer, prompts: list[list[int]], cfg: SearchConfig
     raise ValueError(f"unknown method {cfg.method!r}")
 
 
-def _vocab_rows(model) -> int:
-    return model.get_output_embeddings().weight.shape[0]
-
-
 def check_pair(policy, reference, tokenizer, ref_tokenizer, names: tuple[str, str]) -> None:
     """Policy and reference must share one vocabulary token for token (not only its size), and the tokenizer's
-    ids must index the model."""
+    ids must index the model (`tokendpo.model_checks`, shared with training and eval)."""
     a, b = names
-    if ref_tokenizer is not None and ref_tokenizer.get_vocab() != tokenizer.get_vocab():
-        va, vb = tokenizer.get_vocab(), ref_tokenizer.get_vocab()
-        moved = sorted(t for t in set(va) & set(vb) if va[t] != vb[t])[:3]
-        only = sorted(set(va) ^ set(vb))[:3]
-        raise ValueError(f"--policy {a} and --ref {b} have different tokenizer vocabularies ({len(va)} vs "
-                         f"{len(vb)} tokens" + (f"; different ids for {moved}" if moved else "")
-                         + (f"; in one only: {only}" if only else "") + "); per-token rewards need one tokenizer")
-    vp, vr = _vocab_rows(policy), _vocab_rows(reference)
-    if vp != vr:
-        raise ValueError(f"--policy and --ref have different vocabularies ({vp} vs {vr} tokens); they must share "
-                         f"a tokenizer")
-    if len(tokenizer) > vp:
-        raise ValueError(f"the tokenizer of {a} has {len(tokenizer)} ids but the model has {vp} vocabulary rows")
+    if ref_tokenizer is not None:
+        check_same_vocabulary(tokenizer, ref_tokenizer, f"--policy {a}", f"--ref {b}")
+    check_same_model_vocab(policy, reference, "--policy", "--ref")
+    check_model_fits_tokenizer(policy, tokenizer, f"--policy {a}")
 
 
 def load_pair(cfg: SearchConfig, device: torch.device):
@@ -268,11 +257,6 @@ def load_pair(cfg: SearchConfig, device: torch.device):
     reference = load_model(cfg.ref).to(device)
     check_pair(policy, reference, tokenizer, ref_tokenizer, (cfg.policy, cfg.ref))
     return policy, reference, tokenizer
-
-
-def max_positions(model) -> int | None:
-    v = getattr(model.config, "max_position_embeddings", None)
-    return v if isinstance(v, int) and v > 0 else None
 
 
 def check_lengths(encoded: list[list[int]], models, max_new_tokens: int, texts: list[str]) -> None:
@@ -320,7 +304,7 @@ def run(cfg: SearchConfig, policy, reference, tokenizer, texts: list[str], task=
         raise ValueError(f"skip ({skip}) must be a multiple of batch_size ({cfg.batch_size})")
     beta = cfg.beta if cfg.beta is not None else DEFAULT_BETA
     scorer = PairScorer(policy, reference, beta=beta, pad_token_id=tokenizer.pad_token_id)
-    banned = scoring.banned_token_ids(tokenizer, _vocab_rows(policy))
+    banned = scoring.banned_token_ids(tokenizer, model_vocab_size(policy))
     encoded = [encode_prompt(tokenizer, t, cfg.chat_template) for t in texts]
     cfg = dataclasses.replace(cfg, max_new_tokens=cfg.new_tokens(task))
     check_lengths(encoded, (policy, reference), cfg.max_new_tokens, texts)
