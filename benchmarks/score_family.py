@@ -128,7 +128,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--batch_size", type=int, default=32)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--threads", type=int, default=1)
-    ap.add_argument("--quick", action="store_true", help=f"4 prompts, decoders {', '.join(QUICK)} unless --decoders; writes nothing")
+    ap.add_argument("--quick", action="store_true",
+                    help=f"4 prompts, decoders {', '.join(QUICK)} unless --decoders; writes nothing")
     a = ap.parse_args(argv)
     command = "python -m benchmarks.score_family " + " ".join(argv if argv is not None else sys.argv[1:])
     names = [n for n in a.decoders.split(",") if n] or [n for n, _ in DECODERS]

@@ -16,7 +16,8 @@ def test_quick_runs_compares_and_writes_nothing(tiny_model_dir, tmp_path, capsys
     out = capsys.readouterr().out
     assert rc == 0
     assert [(p.stat().st_mtime_ns if p.exists() else None) for p in (md, js)] == before
-    rows = [line.split("|")[1:-1] for line in out.splitlines() if re.match(r"\| \S+ \| (sample|best_likelihood) \|", line)]
+    paired = re.compile(r"\| \S+ \| (sample|best_likelihood) \|")
+    rows = [line.split("|")[1:-1] for line in out.splitlines() if paired.match(line)]
     assert {r[0].strip() for r in rows} == set(score_family.QUICK) - {"sample"}
     for r in rows:
         w, t, l_, n = (int(r[i]) for i in (4, 5, 6, 7))
