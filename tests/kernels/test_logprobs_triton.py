@@ -15,7 +15,7 @@ SHAPES = [(37, 1031, 24, (0, 5)), (130, 1031, 24, (7,)), (1, 1031, 24, ()), (6, 
 
 def test_kernels_run_in_the_interpreter_only_without_cuda():
     """tests/kernels/conftest.py sets TRITON_INTERPRET=1 before triton is imported only when there is no CUDA
-    device; on a GPU the same tests run the compiled kernels (on CUDA tensors: see `to_device`)."""
+    device; on a GPU the same tests run the compiled kernels (on CUDA tensors: `_oracle.DEVICE`)."""
     assert lt.interpreted() == (not torch.cuda.is_available())
 
 
