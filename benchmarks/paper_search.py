@@ -39,6 +39,8 @@ from pathlib import Path
 
 import torch
 
+from benchmarks.paired import ROW_KEYS, comparison_rows
+from search import scoring
 from search.config import SearchConfig
 from search.decode import run as decode_run
 from tokendpo.modeling import load_model, load_tokenizer
@@ -49,6 +51,8 @@ from tokendpo.tasks.sampling import sample as hf_sample
 
 TASKS = ("sentiment", "arithmetic")
 BETAS = (0.05, 0.1, 0.5)
+RANKED = ("bon", "beam", "cbs", "mcts")  # decoders whose --score matters
+RESULTS_JSON = Path(__file__).parent / "results" / "paper_search.json"
 BASELINE_SEED_OFFSET = 7_919  # the SFT baseline samples use their own seed, as tokendpo.tasks.evaluate does
 
 
@@ -154,6 +158,9 @@ def decode_row(task, dec: Decoder, policy, reference, tokenizer, prompts: list[s
         "seconds": seconds,
         "per_prompt_gold": gold, "per_prompt_log_ratio": log_ratio,
         "examples": [r["completion"] for r in recs[:3]],
+        "score": cfg.score if cfg.method in RANKED else "likelihood", "ref_weight": cfg.lam,
+        "support": ("argmax" if cfg.method == "greedy" else scoring.describe_support(cfg.support()))
+        + (f", proposal {cfg.proposal}" if cfg.proposal else ""),
     }
 
 
@@ -380,6 +387,33 @@ def commit() -> str:
         return "unknown"
 
 
+def paired_rows(rows: list[dict]) -> tuple[list[dict], list[dict]]:
+    """Per (task, β, checkpoint) of the DPO policies: every decoder against the policy's own temperature-1 sample
+    and against the best likelihood decoder within ±25 % forward tokens (`benchmarks.paired`, row keys ROW_KEYS).
+    Rows written before the score fields existed get them from their family (likelihood: *-lik, greedy, sample)."""
+    def legacy_lik(r):
+        return r["family"].endswith("-lik") or r["family"] in ("greedy", "sample")
+
+    items = [{**r, "policy": f"beta={r['beta']:g} {r['checkpoint']}",
+              "score": r.get("score", "likelihood" if legacy_lik(r) else "implicit"),
+              "ref_weight": r.get("ref_weight", 1.0 if legacy_lik(r) else 0.0), "support": r.get("support", "default")}
+             for r in rows if r["checkpoint"] != "sft"]
+    return comparison_rows(items) if items else ([], [])
+
+
+def paired_table(compared: list[dict], unmatched: list[dict]) -> list[str]:
+    lines = ["| decoder | task | policy | baseline | vs | fwd ratio | W/T/L | win rate [95 % CI] | distinct ratio "
+             "| rep Δ |", "|---|---|---|---|---|---|---|---|---|---|"]
+    for c in compared:
+        lines.append(f"| {c['decoder']} | {c['task']} | {c['policy']} | {c['baseline']} | {c['baseline_decoder']} | "
+                     f"{c['forward_tokens_ratio']:.2f} | {c['wins']}/{c['ties']}/{c['losses']} | {c['win_rate']:.3f} "
+                     f"[{c['ci'][0]:.3f}, {c['ci'][1]:.3f}] | {c['distinct_ratio']:.2f} | {c['repetition_delta']:+.3f} |")
+    if unmatched:
+        lines += ["", "No likelihood decoder within ±25 % forward tokens (not met): "
+                  + ", ".join(f"{u['task']} {u['policy']} {u['decoder']}" for u in unmatched)]
+    return lines
+
+
 def report(rows: list[dict], out: Path, command: str, *, plot: bool = True) -> str:
     add_ceiling(rows)
     lines = [f"paper search experiment — {datetime.date.today()} — {machine()} — commit {commit()}", "",
@@ -387,6 +421,9 @@ def report(rows: list[dict], out: Path, command: str, *, plot: bool = True) -> s
     lines += ["Win rate vs SFT temperature-1 samples (mean gold reward):", ""] + pivot(rows)
     lines += ["", "All metrics:", ""] + table(rows)
     lines += ["", "Findings (read off the rows above):", ""] + (findings(rows) or ["- none yet"])
+    lines += ["", "Paired per prompt against the policy's own sample and the best likelihood decoder at matched "
+              "compute (W/T/L, win rate (W + T/2)/n, paired-bootstrap 95 % interval):", ""]
+    lines += paired_table(*paired_rows(rows))
     text = "\n".join(lines) + "\n"
     (out / "RESULTS.md").write_text(text)
     if plot and rows:
@@ -406,6 +443,10 @@ def check(rows: list[dict], tasks: list[str], betas: tuple[float, ...], dec_list
         for k in ("gold", "win", "log_ratio", "length", "distinct", "repetition", "forward_tokens"):
             assert math.isfinite(r[k]), f"{k} = {r[k]} in {_key(r)}"
         assert 0.0 <= r["win"] <= 1.0 and r["forward_tokens"] > 0, _key(r)
+    compared, _ = paired_rows(rows)
+    assert compared and all(tuple(c) == ROW_KEYS for c in compared)
+    for c in compared:
+        assert c["wins"] + c["ties"] + c["losses"] == c["n"] and c["ci"][0] <= c["win_rate"] <= c["ci"][1], c
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -425,6 +466,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--quick", action="store_true", help="smoke run: tiny training, 4 prompts, 7 decoders, one β")
     ap.add_argument("--report_only", action="store_true", help="rebuild RESULTS.md and the PNGs from results_*.jsonl")
     ap.add_argument("--progress", action="store_true")
+    ap.add_argument("--results", default=str(RESULTS_JSON),
+                    help="the paired comparison rows as JSON ('' = none; --quick never writes)")
     a = ap.parse_args(argv)
     command = "python -m benchmarks.paper_search " + " ".join(argv if argv is not None else sys.argv[1:])
     torch.set_num_threads(a.threads)
@@ -458,6 +501,15 @@ def main(argv: list[str] | None = None) -> int:
     if a.quick:
         check(rows, tasks, a.betas, dec_list)
     print(report(rows, out, command))
+    if not a.quick and a.results:
+        compared, unmatched = paired_rows(rows)
+        doc = {"rows": compared, "unmatched": unmatched, "command": command, "commit": commit(),
+               "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")}
+        path = Path(a.results)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(".json.tmp")
+        tmp.write_text(json.dumps(doc, indent=1) + "\n")
+        tmp.replace(path)
     return 0
 
 
