@@ -105,7 +105,22 @@ def markdown(measured: list[dict], compared: list[dict], unmatched: list[dict], 
     if unmatched:
         lines += ["", "No likelihood decoder within ±25 % forward tokens (matched-compute comparison not met): "
                   + ", ".join(u["decoder"] for u in unmatched)]
+    met = goal_met(compared)
+    lines += ["", "Goal (an implicit or mixed decoder with win rate ≥ 0.55 and interval low end > 0.5 against both "
+              "baselines, distinct ratio ≥ 0.9, repetition Δ ≤ 0): "
+              + (f"met by {', '.join(met)}." if met else "not met by any decoder here.")]
     return "\n".join(lines) + "\n"
+
+
+def goal_met(compared: list[dict]) -> list[str]:
+    """Implicit/mixed decoders that beat both baselines (win ≥ 0.55, CI low > 0.5) with distinct ratio ≥ 0.9 and
+    repetition Δ ≤ 0."""
+    ok: dict[str, set] = {}
+    for c in compared:
+        if (c["score"] in ("implicit", "mixed") and c["win_rate"] >= 0.55 and c["ci"][0] > 0.5
+                and c["distinct_ratio"] >= 0.9 and c["repetition_delta"] <= 0):
+            ok.setdefault(c["decoder"], set()).add(c["baseline"])
+    return sorted(d for d, bases in ok.items() if bases == {"sample", "best_likelihood"})
 
 
 def _commit() -> str:

@@ -32,3 +32,16 @@ def test_bad_arguments_are_errors(tiny_model_dir, tmp_path, capsys):
     assert "python -m tokendpo.train" in capsys.readouterr().err
     assert score_family.main(["--quick", "--policy", str(tiny_model_dir), "--ref", "x", "--decoders", "nope"]) == 2
     assert "unknown decoder" in capsys.readouterr().err
+
+
+def test_goal_needs_both_baselines_and_diversity():
+    def c(decoder, baseline, win, lo, distinct=1.0, rep=0.0, score="implicit"):
+        return {"decoder": decoder, "baseline": baseline, "win_rate": win, "ci": [lo, 0.9], "score": score,
+                "distinct_ratio": distinct, "repetition_delta": rep}
+
+    rows = [c("a", "sample", 0.7, 0.6), c("a", "best_likelihood", 0.6, 0.51),   # met
+            c("b", "sample", 0.7, 0.6), c("b", "best_likelihood", 0.6, 0.49),   # interval touches 0.5
+            c("d", "sample", 0.7, 0.6, distinct=0.5), c("d", "best_likelihood", 0.7, 0.6, distinct=0.5),
+            c("e", "sample", 0.7, 0.6, score="likelihood"), c("e", "best_likelihood", 0.7, 0.6, score="likelihood"),
+            c("f", "sample", 0.7, 0.6)]                                          # no matched baseline
+    assert score_family.goal_met(rows) == ["a"]
