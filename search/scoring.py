@@ -41,6 +41,8 @@ from collections.abc import Sequence
 
 import torch
 
+from kernels.rewards import implicit_reward
+
 SCORES = ("likelihood", "implicit", "mixed")
 PROPOSALS = ("policy", "reference")
 DEFAULT_REF_WEIGHT = 0.5  # λ of score="mixed" when none is given
@@ -81,7 +83,8 @@ def needs_reference(lam: float) -> bool:
 
 
 def token_scores(policy_logps: torch.Tensor, reference_logps: torch.Tensor | None, lam: float) -> torch.Tensor:
-    """Per-token score in nats, s/β = log π − (1 − λ)·log π_ref, elementwise (any shape, e.g. (R, V)).
+    """Per-token score in nats, s/β = r/β + λ·log π_ref = log π − (1 − λ)·log π_ref, elementwise (any shape,
+    e.g. (R, V)).
 
     λ = 1 returns `policy_logps` itself (the reference may be None); λ = 0 is exactly log π − log π_ref.
     """
@@ -89,9 +92,8 @@ def token_scores(policy_logps: torch.Tensor, reference_logps: torch.Tensor | Non
         return policy_logps
     if reference_logps is None:
         raise ValueError(f"the score with λ = {lam} needs the reference's log-probs")
-    if lam == 0.0:
-        return policy_logps - reference_logps
-    return policy_logps - (1.0 - lam) * reference_logps
+    ratio = implicit_reward(policy_logps, reference_logps, 1.0)  # r/β: the implicit reward, defined once
+    return ratio if lam == 0.0 else ratio + lam * reference_logps
 
 
 def sequence_score(policy_logps: Sequence[float], reference_logps: Sequence[float], lam: float,
