@@ -1,6 +1,7 @@
 """The score family and support on a trained DPO policy: which decoder wins, paired per prompt, at what compute.
 
     python -m benchmarks.score_family                      # the default run (python -m tokendpo.train first)
+    python -m benchmarks.score_family --policy outputs/arithmetic/dpo --task arithmetic
     python -m benchmarks.score_family --quick              # smoke run on whatever --policy/--ref, 4 prompts
 
 Every decoder runs through `search.decode.run` (the CLI's own loop) on the same held-out prompts of the task,
@@ -9,8 +10,8 @@ prompt (`benchmarks.paired`) with the policy's own temperature-1 sample and with
 within ±25 % forward tokens per prompt: wins/ties/losses, win rate (W + T/2)/n with a paired-bootstrap 95 %
 interval, distinct ratio and repetition delta against the sample.
 
-Writes benchmarks/RESULTS_score_family.md and benchmarks/results/score_family.json (rows: `paired.ROW_KEYS`
-plus `gold`); --quick writes neither.
+Writes benchmarks/RESULTS_score_family_TASK.md and benchmarks/results/score_family_TASK.json (rows:
+`paired.ROW_KEYS` plus `gold`); --quick writes neither.
 """
 
 from __future__ import annotations
@@ -176,13 +177,13 @@ def main(argv: list[str] | None = None) -> int:
     text = markdown(measured, compared, unmatched, command, setup)
     print(text)
     if not a.quick:
-        (HERE / "RESULTS_score_family.md").write_text(text)
+        (HERE / f"RESULTS_score_family_{a.task}.md").write_text(text)
         (HERE / "results").mkdir(exist_ok=True)
         doc = {"rows": compared, "command": command, "commit": _commit(),
                "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")}
-        tmp = HERE / "results" / "score_family.json.tmp"
+        tmp = HERE / "results" / f"score_family_{a.task}.json.tmp"
         tmp.write_text(json.dumps(doc, indent=1) + "\n")
-        os.replace(tmp, HERE / "results" / "score_family.json")
+        os.replace(tmp, HERE / "results" / f"score_family_{a.task}.json")
     return 0
 
 

@@ -9,7 +9,8 @@ from tokendpo.modeling import build_preset
 
 def test_quick_runs_compares_and_writes_nothing(tiny_model_dir, tmp_path, capsys):
     ref = build_preset("tiny-llama", tmp_path / "ref", seed=1)
-    md, js = score_family.HERE / "RESULTS_score_family.md", score_family.HERE / "results" / "score_family.json"
+    md = score_family.HERE / "RESULTS_score_family_sentiment.md"
+    js = score_family.HERE / "results" / "score_family_sentiment.json"
     before = [(p.stat().st_mtime_ns if p.exists() else None) for p in (md, js)]
     rc = score_family.main(["--quick", "--policy", str(tiny_model_dir), "--ref", str(ref), "--max_new_tokens", "4",
                             "--beta", "0.2"])
