@@ -338,7 +338,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--prompt", default=None, help="render this prompt's --response (and --rejected) instead")
     ap.add_argument("--response", default=None)
     ap.add_argument("--rejected", default=None, help="a second response, shown under --response as a pair")
-    ap.add_argument("--per_position", type=int, default=60,
+    ap.add_argument("--per_position", type=int, default=80,
                     help="wrong reference samples per first-error position (n = per_position · (L+1))")
     ap.add_argument("--split", choices=("heldout", "train"), default="heldout",
                     help="prompts to score on (train: the prompts DPO's pairs came from)")
