@@ -23,7 +23,7 @@ import triton
 from triton.backends.compiler import GPUTarget
 
 from kernels import logprobs_triton as lt
-from kernels.head import IDENTITY, SOFTCAP
+from kernels.head import IDENTITY, LINEAR, SOFTCAP
 
 KERNELS = {"fwd": lt._fwd_kernel, "bwd_dh": lt._bwd_dh_kernel, "bwd_dw": lt._bwd_dw_kernel,
            "bwd_dz": lt._bwd_dz_kernel}
@@ -34,7 +34,8 @@ HOPPER = GPUTarget("cuda", 90, 32)
 
 def variants():
     """(kernel, dtype, flags) for every kernel and dtype: all flags on (every code path: bias, entropy, KL,
-    soft-capped heads on both sides, and the forward's log Σp², mean logit and is-top-1), and for the
+    transformed heads on both sides — soft-capped policy and scaled reference in fwd / bwd_dh, the other way
+    round in bwd_dw / bwd_dz — and the forward's log Σp², mean logit and is-top-1), and for the
     tensor-core dtypes the plain DPO path (no bias, no entropy, no KL, an untransformed head) and the Gemma-2
     DPO path ("softcap": the plain path through a soft-capped head)."""
     for name in KERNELS:
@@ -51,8 +52,10 @@ def compile_for_hopper(name: str, dtype: str, flags: str = "all", block_ho: int 
     on = flags == "all"
     blocks = dict(lt.FWD_BLOCKS if name == "fwd" else lt.BWD_BLOCKS)
     options = {"num_warps": blocks.pop("num_warps"), "num_stages": blocks.pop("num_stages")}
-    head = SOFTCAP if flags in ("all", "softcap") else IDENTITY
-    constexprs = dict(HAS_BIAS=on, ENTROPY=on, KL=on, REF_HAS_BIAS=on, HEAD=head, REF_HEAD=head, UPCAST=False,
+    head = ref_head = SOFTCAP if flags == "softcap" else IDENTITY
+    if on:  # every head branch compiled somewhere: soft-capped policy + scaled reference, and the other way round
+        head, ref_head = (SOFTCAP, LINEAR) if name in ("fwd", "bwd_dh") else (LINEAR, SOFTCAP)
+    constexprs = dict(HAS_BIAS=on, ENTROPY=on, KL=on, REF_HAS_BIAS=on, HEAD=head, REF_HEAD=ref_head, UPCAST=False,
                       PREC=DTYPES[dtype], **blocks)
     if name == "fwd":
         constexprs.update(LSQ=on, MEAN=on, TOP1=on)
