@@ -5,7 +5,8 @@
     python -m tokendpo.train                                             # the default run (--task sentiment)
 
 A thin entry point: it parses the flags (`tokendpo.config`) and calls the library — `tokendpo.training.train`
-or `tokendpo.tasks.pipeline.run_pipeline`. Errors in the user's input print one `error: ...` line and exit 2.
+or `tokendpo.tasks.pipeline.run_pipeline` (looked up at call time, so tests can stand in for it). Errors in the
+user's input print one `error: ...` line and exit 2.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ import sys
 
 from tokendpo import config as config_mod
 from tokendpo.rundir import RunLockedError
-from tokendpo.tasks.pipeline import run_pipeline
+from tokendpo.tasks import pipeline
 from tokendpo.training import NonFiniteError, micro_batch, train  # noqa: F401 - re-exported for library users
 
 
@@ -33,7 +34,7 @@ def main(argv: list[str] | None = None) -> int:
             # both never collides in one pipeline dir
             default_dir = "outputs/default" if task == "sentiment" else f"outputs/{task}"
             output_dir = cfg.train.output_dir if "output_dir" in cli_values else default_dir
-            run_pipeline(task, output_dir, seed=cfg.train.seed, progress=cfg.train.progress)
+            pipeline.run_pipeline(task, output_dir, seed=cfg.train.seed, progress=cfg.train.progress)
             return 0
         result = train(cfg, cli_values=cli_values)
     except (config_mod.ConfigError, ValueError, FileNotFoundError, OSError, NonFiniteError, RunLockedError) as e:
