@@ -250,7 +250,7 @@ def prepare(model: str, work: Path, setup: dict) -> dict:
     from tokendpo.config import Config
     from tokendpo.data import load_preference_data
     from tokendpo.modeling import load_tokenizer
-    from tokendpo.training import micro_batch
+    from tokendpo.batches import micro_batch
 
     model_dir = build_model(model, work / model)
     tokenizer = load_tokenizer(str(model_dir))

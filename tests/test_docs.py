@@ -43,3 +43,18 @@ def test_every_cited_repository_path_exists():
 def test_the_path_finder_finds_paths():
     text = "see `tokendpo/train.py`, [x](benchmarks/RESULTS.md) and tests/kernels/test_logprobs.py::test_a."
     assert cited_paths(text) == {"tokendpo/train.py", "benchmarks/RESULTS.md", "tests/kernels/test_logprobs.py"}
+
+
+def test_readme_results_table_is_generated_from_the_results_files():
+    from benchmarks.headlines import render as render_table
+
+    text = (ROOT / "README.md").read_text()
+    block = text.split("<!-- results-table -->\n", 1)[1].split("<!-- /results-table -->", 1)[0]
+    assert block == render_table(), "README's results table is stale: paste `python -m benchmarks.headlines`"
+
+
+def test_readme_is_short_and_keeps_its_two_commands():
+    text = (ROOT / "README.md").read_text()
+    assert len(text.splitlines()) <= 300
+    for marker in ("main-command", "test-command"):
+        assert text.count(f"<!-- {marker} -->") == 1 and text.count(f"<!-- /{marker} -->") == 1

@@ -17,7 +17,8 @@ import sys
 from tokendpo import config as config_mod
 from tokendpo.rundir import RunLockedError
 from tokendpo.tasks import pipeline
-from tokendpo.training import NonFiniteError, micro_batch, train  # noqa: F401 - re-exported for library users
+from tokendpo.batches import micro_batch  # noqa: F401 - re-exported for library users
+from tokendpo.training import NonFiniteError, train
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -23,19 +23,20 @@ from tqdm.auto import tqdm
 from transformers import get_cosine_schedule_with_warmup
 
 from tokendpo import config as config_mod
+from tokendpo import distributed
+from tokendpo.batches import epoch_of, micro_batch, total_steps
+from tokendpo.build import build_policy_and_reference, resolve_model_path
 from tokendpo.checkpoint import TrainState, list_checkpoints, load_training_state, resolve_resume, save_checkpoint
 from tokendpo.config import Config
 from tokendpo.config_checks import check_config
-from tokendpo.data import collate_packed, collate_pairs, load_preference_data
-from tokendpo import distributed
+from tokendpo.data import load_preference_data
 from tokendpo.logps import PolicyLogps
-from tokendpo.losses import combine, loss_needs, preference_loss_terms, sft_loss
-from tokendpo.model_checks import check_max_positions, check_model_fits_tokenizer, check_same_model_vocab
-from tokendpo.model_checks import check_same_vocabulary
-from tokendpo.reference import Reference, cache_key, response_token_matrix
+from tokendpo.losses import loss_needs
+from tokendpo.modeling import load_tokenizer, save_final_model, save_weights
+from tokendpo.pair_step import evaluate, pair_forward, sync_reference
+from tokendpo.reference import Reference, cache_key
 from tokendpo.rundir import OutputLock, RunExistsError, clear_run, holds_run, save_final_atomic, write_atomic
-from tokendpo.modeling import (PRESETS, apply_lora, build_preset, check_lm_head_supported, load_model,
-                               load_tokenizer, save_final_model, save_weights)
+
 
 class NonFiniteError(RuntimeError):
     pass
@@ -44,125 +45,6 @@ class NonFiniteError(RuntimeError):
 def say(msg: str) -> None:
     """A log line on stderr that does not break the progress bar."""
     tqdm.write(msg, file=sys.stderr)
-
-
-def resolve_model_path(cfg: Config, output_dir: Path) -> str:
-    """A preset name becomes a saved random-init checkpoint in output_dir/../.presets/{name}-seed{seed}."""
-    if cfg.model.model in PRESETS and not Path(cfg.model.model).exists():
-        target = output_dir.resolve().parent / ".presets" / f"{cfg.model.model}-seed{cfg.train.seed}"
-        if not (target / "config.json").is_file():
-            build_preset(cfg.model.model, target, seed=cfg.train.seed)
-        return str(target)
-    return cfg.model.model
-
-
-def micro_batches_per_epoch(n_pairs: int, batch_size: int) -> int:
-    return math.ceil(n_pairs / batch_size)
-
-
-def micro_batch(n_pairs: int, step: int, k: int, cfg: Config, d: distributed.Dist = distributed.Dist()) -> list[int]:
-    """This rank's pair indices of the k-th micro-batch of optimizer step `step`.
-
-    A pure function of (seed, step, k, rank), so resume is exact. The global micro-batch (per-device batch ×
-    world size pairs) m = step·accum + k falls in epoch m // per_epoch, each epoch shuffled with seed + epoch;
-    rank r takes the r-th slice of it — so N processes see exactly the pairs one process would at the same
-    global batch size."""
-    bs, accum = cfg.train.per_device_train_batch_size, cfg.train.gradient_accumulation_steps
-    global_bs = bs * d.world_size
-    per_epoch = micro_batches_per_epoch(n_pairs, global_bs)
-    m = step * accum + k
-    epoch, idx = divmod(m, per_epoch)
-    g = torch.Generator().manual_seed(cfg.train.seed + epoch)
-    batch = torch.randperm(n_pairs, generator=g)[idx * global_bs:(idx + 1) * global_bs]
-    mine = batch[d.rank * bs:(d.rank + 1) * bs]
-    return (mine if len(mine) else batch[-1:]).tolist()  # a short last batch: no rank may sit out (collectives)
-
-
-def total_steps(cfg: Config, n_pairs: int, world_size: int = 1) -> int:
-    if cfg.train.max_steps > 0:
-        return cfg.train.max_steps
-    per_epoch = micro_batches_per_epoch(n_pairs, cfg.train.per_device_train_batch_size * world_size)
-    return max(1, math.ceil(cfg.train.num_epochs * per_epoch / cfg.train.gradient_accumulation_steps))
-
-
-def pair_forward(policy: torch.nn.Module, ref: Reference, pairs, indices, tokenizer, cfg: Config,
-                 device) -> dict[str, torch.Tensor]:
-    """Loss and metrics of one micro-batch: chosen and rejected in one concatenated forward per model.
-
-    policy: a PolicyLogps module (possibly DDP/FSDP-wrapped) returning SequenceLogps for a batch. What the loss
-    needs besides the summed log-probs — the reference, TDPO's sequential KLs, LD-DPO's per-token log-probs,
-    WPO's log Σ_v π² (from the fused kernel) — comes from the loss registry (`loss_needs`), never from loss
-    names. A mixture (`--loss_type a,b`) also returns each component's mean as `loss/<name>`."""
-    collated = collate_packed(pairs) if cfg.data.packing else \
-        collate_pairs(pairs, tokenizer.pad_token_id, share_prompt=cfg.data.share_prompt)
-    batch = {k: v.to(device) if v is not None else None for k, v in collated.items()}
-    b = len(pairs)
-    lc = cfg.loss
-    needs = loss_needs(lc.loss_type, ld_alpha=lc.ld_alpha, use_weighting=lc.use_weighting)
-    autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=cfg.model.bf16 and device.type == "cuda")
-    with autocast:
-        # TDPO: the reference's hidden states and LM head enter the same fused pass for the sequential KL
-        ref_side = (lambda _mask: (ref.response_hidden(batch, indices), *ref.lm_head())) if needs.kl else None
-        pol = policy(batch, reference=ref_side, log_sum_sq=needs.log_sum_sq)  # log Σ_v π²: WPO, from the kernel
-        # LD-DPO weighs tokens by position: per-token reference log-probs (their row sums are the usual sums)
-        ref_tokens = ref.token_logps(batch, indices) if needs.reference and needs.token_logps else None  # (2B, L)
-        ref_logps = (ref_tokens.sum(1) if ref_tokens is not None
-                     else ref.sequence_logps(batch, indices) if needs.reference else None)  # (2B,)
-    lengths = pol.lengths.to(pol.logps.dtype)
-    halves = lambda t: (None, None) if t is None else (t[:b], t[b:])  # noqa: E731 - rows: B chosen, B rejected
-    extra = {}
-    if needs.token_logps:
-        pol_tokens = response_token_matrix(pol.token_logps, pol.mask, batch.get("seq_ids"))  # (2B, L)
-        extra.update(zip(("policy_chosen_token_logps", "policy_rejected_token_logps"), halves(pol_tokens)))
-        extra.update(zip(("reference_chosen_token_logps", "reference_rejected_token_logps"), halves(ref_tokens)))
-    if needs.log_sum_sq:
-        extra.update(zip(("chosen_log_sum_sq", "rejected_log_sum_sq"), halves(pol.log_sum_sq)))
-    terms, chosen_r, rejected_r, weights = preference_loss_terms(
-        pol.logps[:b], pol.logps[b:], *halves(ref_logps),
-        beta=lc.beta, loss_type=lc.loss_type, label_smoothing=lc.label_smoothing,
-        chosen_lengths=lengths[:b], rejected_lengths=lengths[b:], chosen_kl=halves(pol.kl)[0],
-        rejected_kl=halves(pol.kl)[1], alpha=lc.alpha, gamma=lc.gamma, loss_weights=lc.loss_weights,
-        f_divergence=lc.f_divergence, f_alpha=lc.f_alpha, discopop_tau=lc.discopop_tau, ld_alpha=lc.ld_alpha,
-        use_weighting=lc.use_weighting, **extra,
-    )
-    loss = combine(terms, weights).mean()
-    if lc.rpo_alpha > 0:  # RPO: + α · token-mean NLL of the chosen responses
-        loss = loss + lc.rpo_alpha * sft_loss(pol.logps[:b], lengths[:b])
-    chosen_r, rejected_r = chosen_r.detach(), rejected_r.detach()
-    components = {f"loss/{name}": t.detach().mean() for name, t in terms.items()} if len(terms) > 1 else {}
-    return {
-        "loss": loss, **components,
-        "rewards/chosen": chosen_r.mean(), "rewards/rejected": rejected_r.mean(),
-        "rewards/accuracies": (chosen_r > rejected_r).float().mean(),
-        "rewards/margins": (chosen_r - rejected_r).mean(),
-        "logps/chosen": pol.logps[:b].detach().mean(), "logps/rejected": pol.logps[b:].detach().mean(),
-        "logits/chosen": pol.mean_logit[:b].mean(), "logits/rejected": pol.mean_logit[b:].mean(),
-    }
-
-
-def sync_reference(model: torch.nn.Module, ref: Reference, cfg: Config, step: int) -> None:
-    """TR-DPO (`--sync_ref_model`): after optimizer step `step` (1-based), every `--ref_model_sync_steps` steps,
-    π_ref ← α·π + (1 − α)·π_ref (`Reference.mix_in`; a collective under FSDP, so every rank calls this)."""
-    if cfg.loss.sync_ref_model and step % cfg.loss.ref_model_sync_steps == 0:
-        ref.mix_in(distributed.unwrap(model), cfg.loss.ref_model_mixup_alpha)
-
-
-@torch.no_grad()
-def evaluate(policy, ref: Reference, pairs, tokenizer, cfg: Config, device, offset: int = 0) -> dict[str, float]:
-    """Eval metrics (TRL's `eval_` prefix) over all eval pairs, weighted by batch size. Under torchrun every
-    rank evaluates every pair (identical results; FSDP needs all ranks in each forward)."""
-    was_training = policy.training
-    policy.eval()
-    totals: dict[str, float] = {}
-    bs = cfg.train.per_device_eval_batch_size
-    for i in range(0, len(pairs), bs):
-        chunk = pairs[i:i + bs]
-        out = pair_forward(policy, ref, chunk, list(range(offset + i, offset + i + len(chunk))), tokenizer, cfg,
-                           device)
-        for k, v in out.items():
-            totals[k] = totals.get(k, 0.0) + float(v) * len(chunk)
-    policy.train(was_training)
-    return {f"eval_{k}": v / len(pairs) for k, v in totals.items()}
 
 
 class MetricsLog:
@@ -407,7 +289,10 @@ def _follow_schedule(optimizer: torch.optim.Optimizer, scheduler) -> None:
 
 
 def _loop(run: Run) -> dict[str, float]:
-    """The optimizer steps from run.state.step to run.n_steps; returns the last logged train metrics."""
+    """The optimizer steps from run.state.step to run.n_steps; returns the last logged train metrics.
+
+    Longer than our usual function on purpose: one optimizer step (accumulate → clip → NaN policy → step →
+    log → eval → checkpoint → signals) reads top to bottom in one place, as the algorithm."""
     cfg, d, device, out, tokenizer = run.cfg, run.d, run.device, run.out, run.tokenizer
     train_pairs, eval_pairs, model, ref, policy = run.train_pairs, run.eval_pairs, run.model, run.ref, run.policy
     params, optimizer, scheduler, state, log = run.params, run.optimizer, run.scheduler, run.state, run.log
@@ -472,7 +357,7 @@ def _loop(run: Run) -> dict[str, float]:
                 last_train = {key: v / window_steps for key, v in window.items()}
                 elapsed = time.perf_counter() - t0
                 if main_rank:
-                    log.write({"step": state.step, **last_train, "epoch": _epoch(state.step, cfg, len(train_pairs), d),
+                    log.write({"step": state.step, **last_train, "epoch": epoch_of(state.step, cfg, len(train_pairs), d),
                                "tokens_per_second": d.world_size * tokens / elapsed if elapsed > 0 else 0.0})
                 bar.set_postfix(loss=f"{last_train['loss']:.4f}", acc=f"{last_train['rewards/accuracies']:.2f}")
                 window, window_steps = {}, 0
@@ -527,63 +412,10 @@ def _finish(run: Run) -> dict[str, float]:
     return final_eval
 
 
-def build_policy_and_reference(cfg: Config, model_path: str, ckpt: Path | None, device, tokenizer) -> tuple:
-    """The trainable policy and its Reference, checked against the tokenizer and each other.
-
-    Full fine-tuning: policy from --model (or the checkpoint's weights on resume), reference = --ref_model or a
-    second, frozen load of --model. LoRA (--lora_r > 0): the policy is a peft model over --model, and the
-    reference is the same model with the adapter disabled — one copy of the base weights in memory.
-    """
-    base = load_model(str(ckpt) if ckpt and cfg.model.lora_r == 0 else model_path).to(device)
-    check_lm_head_supported(base)
-    check_model_fits_tokenizer(base, tokenizer, f"--model {cfg.model.model}")
-    check_max_positions(base, cfg.data.max_length, f"--model {cfg.model.model}", "--max_length")
-    ref_model = None
-    if cfg.model.ref_model:
-        ref_model = _freeze(load_model(cfg.model.ref_model).to(device))
-        check_same_model_vocab(base, ref_model, f"--model {cfg.model.model}", f"--ref_model {cfg.model.ref_model}")
-        ref_tok = _tokenizer_if_any(cfg.model.ref_model)
-        if ref_tok is not None:
-            check_same_vocabulary(tokenizer, ref_tok, f"--model {cfg.model.model}", f"--ref_model {cfg.model.ref_model}")
-    if cfg.model.lora_r > 0:
-        model = apply_lora(base, cfg.model, checkpoint=ckpt)
-        if cfg.model.gradient_checkpointing:
-            model.enable_input_require_grads()
-        ref = (Reference(ref_model, kernel=cfg.train.kernel) if ref_model is not None
-               else Reference(model, adapter_host=model, kernel=cfg.train.kernel))
-    else:
-        model = base
-        ref = Reference(ref_model if ref_model is not None else _freeze(load_model(model_path).to(device)),
-                        kernel=cfg.train.kernel)
-    if cfg.model.gradient_checkpointing:
-        model.config.use_cache = False
-        model.gradient_checkpointing_enable()
-    return model, ref
-
-
-def _tokenizer_if_any(path: str):
-    """The tokenizer saved with a reference model, or None when it has none (then the vocab sizes are compared)."""
-    try:
-        return load_tokenizer(path)
-    except (ValueError, OSError):
-        return None
-
-
-def _freeze(model):
-    model.eval()
-    model.requires_grad_(False)
-    return model
-
-
 def _main_thread() -> bool:
     import threading
 
     return threading.current_thread() is threading.main_thread()
-
-
-def _epoch(step: int, cfg: Config, n_pairs: int, d: distributed.Dist) -> float:
-    per_epoch = micro_batches_per_epoch(n_pairs, cfg.train.per_device_train_batch_size * d.world_size)
-    return step * cfg.train.gradient_accumulation_steps / per_epoch
 
 
 def _eval_and_track(policy, ref, eval_pairs, tokenizer, cfg, device, state: TrainState, log, offset) -> dict:

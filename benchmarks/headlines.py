@@ -1,0 +1,116 @@
+"""README's headline table, generated from `benchmarks/results/*.json` (never typed by hand).
+
+    python -m benchmarks.headlines          # print the table; README.md carries it between
+                                            # <!-- results-table --> markers, and tests/test_docs.py checks it
+
+Each results file has its own row keys; one small function per file turns its rows into one headline with the
+interval and n the file records. A file that does not exist yet is listed as "not run".
+"""
+
+from __future__ import annotations
+
+import sys
+
+from benchmarks.results_file import RESULTS_DIR, read_results
+
+
+def _ci(ci) -> str:
+    return f"[{ci[0]:.2f}, {ci[1]:.2f}]"
+
+
+def _pct_ci(ci) -> str:
+    return f"[{ci[0]:.1%}, {ci[1]:.1%}]"
+
+
+def credit(rows: list[dict]) -> str:
+    """Plain DPO, all positions: the implicit reward's hit rate against the best baseline."""
+    mine = [r for r in rows if r["recipe"] == "plain" and r["scope"] == "all" and r.get("samples", "stratified")
+            == "stratified"]
+    imp = next(r for r in mine if r["method"] == "implicit")
+    best = max((r for r in mine if r["method"] != "implicit"), key=lambda r: r["rate"])
+    return (f"{imp['task']}, plain DPO: argmin r_t finds the first wrong token in {imp['rate']:.1%} "
+            f"{_pct_ci(imp['ci'])} vs best baseline {best['method']} {best['rate']:.1%} {_pct_ci(best['ci'])}, "
+            f"n = {imp['n']} (goal: ≥ 80 % and +15 points)")
+
+
+def tasks(rows: list[dict]) -> str:
+    parts = []
+    for r in rows:
+        if r["recipe"] != "plain":
+            continue
+        gap = r["oracle_minus_greedy"]
+        parts.append(f"{r['task']}: oracle best-of-16 − greedy {gap:+.3f} {_ci(r['ci']['oracle_minus_greedy'])}, "
+                     f"greedy at ceiling {r['greedy_at_ceiling']}/{r['n_prompts']}")
+    return "; ".join(parts) + " (plain DPO; targets ≥ 0.25 and ≤ 50 %)"
+
+
+def likelihood_dynamics(rows: list[dict]) -> str:
+    train = [r for r in rows if r["pairs"] == "train"]
+    last = max(train, key=lambda r: r["step"])
+    return (f"plain DPO, step {last['step']}: chosen Δlog π {last['chosen_dlogp']:+.2f} "
+            f"{_ci(last['ci']['chosen_dlogp'])}, rejected {last['rejected_dlogp']:+.2f}, Eq. 16 predicts "
+            f"{last['eq16_prediction']:+.2f}, n = {last['n']} pairs")
+
+
+def bench_search(rows: list[dict]) -> str:
+    beam = next(r for r in rows if r["decoder"] == "beam" and r["new_tokens"] == 32)
+    mcts = next(r for r in rows if r["decoder"] == "mcts" and r["new_tokens"] == 32)
+    return (f"SmolLM2-135M, {mcts['prompts']} prompts × {mcts['new_tokens']} tokens: MCTS S={mcts['width']} "
+            f"{mcts['peak_extra_mb']:.0f} MB extra vs beam-{beam['width']} {beam['peak_extra_mb']:.0f} MB "
+            f"({mcts['peak_extra_mb'] / beam['peak_extra_mb']:.2f}×; target ≤ 1.5×)")
+
+
+def bench_search_timing(rows: list[dict]) -> str:
+    beam = next(r for r in rows if r["decoder"] == "beam")
+    parts = [f"leaf batch {r['leaf_batch']}: {r['ms_per_forward_token'] / beam['ms_per_forward_token']:.2f}×"
+             for r in rows if r["decoder"] == "mcts"]
+    return f"MCTS time per forward token vs beam-{beam['width']} (interleaved): " + ", ".join(parts) + \
+        " (target ≤ 1.5×)"
+
+
+def score_family(rows: list[dict]) -> str:
+    """The best implicit-guided decoder by its worse comparison (issue goal: beat sampling and the best
+    likelihood decoder at matched compute)."""
+    guided = {}
+    for r in rows:
+        if r["score"] in ("implicit", "mixed"):
+            guided.setdefault(r["decoder"], {})[r["baseline"]] = r
+    name, both = max(((k, v) for k, v in guided.items() if len(v) == 2),
+                     key=lambda kv: min(r["win_rate"] for r in kv[1].values()))
+    s, b = both["sample"], both["best_likelihood"]
+    return (f"{s['task']}, best implicit-guided `{name}`: win {s['win_rate']:.2f} {_ci(s['ci'])} vs the policy's "
+            f"sample, {b['win_rate']:.2f} {_ci(b['ci'])} vs `{b['baseline_decoder']}` at matched compute "
+            f"(W/T/L {b['wins']}/{b['ties']}/{b['losses']}, n = {b['n']})")
+
+
+HEADLINES = {  # results file → headline function
+    "bench_search": bench_search,
+    "bench_search_timing": bench_search_timing,
+    "score_family_sentiment": score_family,
+    "score_family_arithmetic": score_family,
+    "tasks": tasks,
+    "credit": credit,
+    "likelihood_dynamics": likelihood_dynamics,
+}
+
+
+def render() -> str:
+    lines = ["| results file | headline (95 % intervals) | date |", "|---|---|---|"]
+    for name, fn in HEADLINES.items():
+        path = RESULTS_DIR / f"{name}.json"
+        if not path.exists():
+            lines.append(f"| `{name}.json` | not run | — |")
+            continue
+        data = read_results(name)
+        lines.append(f"| [`{name}.json`](benchmarks/results/{name}.json) | {fn(data['rows'])} | "
+                     f"{data['date'][:10]} |")
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    sys.stdout.write(render())
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
