@@ -143,6 +143,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--decoders", default="", help="comma-separated subset of: " + ", ".join(n for n, _ in DECODERS))
     ap.add_argument("--batch_size", type=int, default=32)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--tag", default="", help="suffix of the result names (e.g. plain: score_family_TASK_plain)")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--quick", action="store_true",
                     help=f"4 prompts, decoders {', '.join(QUICK)} unless --decoders; writes nothing")
@@ -177,13 +178,14 @@ def main(argv: list[str] | None = None) -> int:
     text = markdown(measured, compared, unmatched, command, setup)
     print(text)
     if not a.quick:
-        (HERE / f"RESULTS_score_family_{a.task}.md").write_text(text)
+        name = f"score_family_{a.task}" + (f"_{a.tag}" if a.tag else "")
+        (HERE / f"RESULTS_{name}.md").write_text(text)
         (HERE / "results").mkdir(exist_ok=True)
         doc = {"rows": compared, "command": command, "commit": _commit(),
                "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")}
-        tmp = HERE / "results" / f"score_family_{a.task}.json.tmp"
+        tmp = HERE / "results" / f"{name}.json.tmp"
         tmp.write_text(json.dumps(doc, indent=1) + "\n")
-        os.replace(tmp, HERE / "results" / f"score_family_{a.task}.json")
+        os.replace(tmp, HERE / "results" / f"{name}.json")
     return 0
 
 
