@@ -7,6 +7,7 @@ checkpoints → final save. The command line lives in `tokendpo/train.py`.
 
 from __future__ import annotations
 
+import copy
 import json
 import math
 import os
@@ -163,6 +164,7 @@ def _plan(cfg: Config, cli_values: dict | None, on_existing: str) -> tuple[Confi
         raise ValueError(f"on_existing={on_existing!r}: expected one of {', '.join(ON_EXISTING)}")
     check_config(cfg)
     if not cfg.train.resume_from and on_existing == "resume" and list_checkpoints(cfg.train.output_dir):
+        cfg = copy.deepcopy(cfg)  # the caller's config stays as given
         cfg.train.resume_from = "latest"
     ckpt = None
     if cfg.train.resume_from:
