@@ -80,13 +80,14 @@ def score_family(rows: list[dict]) -> str:
     s, b = both["sample"], both["best_likelihood"]
     return (f"{s['task']}, best implicit-guided `{name}`: win {s['win_rate']:.2f} {_ci(s['ci'])} vs the policy's "
             f"sample, {b['win_rate']:.2f} {_ci(b['ci'])} vs `{b['baseline_decoder']}` at matched compute "
-            f"(W/T/L {b['wins']}/{b['ties']}/{b['losses']}, n = {b['n']})")
+            f"(W/T/L {b['wins']}/{b['ties']}/{b['losses']}, n = {b['n']}); distinct outputs {s['distinct_ratio']:.2f}")
 
 
 HEADLINES = {  # results file → headline function
     "bench_search": bench_search,
     "bench_search_timing": bench_search_timing,
     "score_family_sentiment": score_family,
+    "score_family_sentiment_plain": score_family,
     "score_family_arithmetic": score_family,
     "tasks": tasks,
     "credit": credit,
