@@ -29,7 +29,7 @@ text starts with it) the prompt gets exactly one; responses are tokenised withou
 appended to every response, unless the rendered response already ends in the EOS token's text (ChatML-style
 templates whose end-of-turn marker is EOS), in which case it is kept once and trailing whitespace is dropped.
 
-Truncation (DESIGN.md). A prompt longer than `max_prompt_length` tokens is left-truncated (BOS kept at the
+Truncation. A prompt longer than `max_prompt_length` tokens is left-truncated (BOS kept at the
 front) and counted. Each response is then right-truncated so that prompt + response <= `max_length` and
 counted; a truncated response loses its EOS (it did not end there). A row is an error only when no response
 token fits. Only a bounded slice of each text is tokenised (the last/first ~8 chars per needed token, widened

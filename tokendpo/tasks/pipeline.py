@@ -6,7 +6,7 @@
 
 Every stage is a function with its own CLI step and is resumable: a stage whose output is complete is skipped
 (`sft/` and `dpo/` are complete when their `.complete` marker exists, `pairs.jsonl` and `summary.json` are
-written atomically). Layout (DESIGN.md):
+written atomically). Layout:
 
     OUTPUT_DIR/sft/            SFT policy = DPO reference (model + tokenizer, metrics.jsonl, train_config.yaml)
     OUTPUT_DIR/pairs.jsonl     prompt, chosen, rejected (+ their gold rewards), from train prompts
