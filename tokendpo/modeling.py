@@ -139,6 +139,22 @@ def load_model(path: str, *, dtype: torch.dtype = torch.float32) -> torch.nn.Mod
     return model
 
 
+# How transformers' modeling code transforms the logits after the LM head, per config field: (field, model
+# families (model_type prefixes; None = every model that has the field), rule). Read from transformers 5.x's
+# *ForCausalLM.forward. A field that is set on a model of a family not listed is refused by name: we do not
+# know what that model does with it. `kernels.LogitHead` applies y = softcap·tanh(scale·z/softcap) / T.
+_HEAD_FIELDS = (
+    ("final_logit_softcapping", None, "softcap"),  # Gemma-2/3/3n/4, VaultGemma, nanochat, Mistral-Large-4, Muse
+    ("logits_soft_cap", ("recurrent_gemma",), "softcap"),
+    ("logit_scale", ("cohere",), "multiply"),  # Cohere, Cohere2, Cohere2-MoE: logits · logit_scale
+    ("output_multiplier", ("muse_",), "multiply"),  # MuseSpark/Glimmer: before the soft-cap
+    ("lm_head_multiplier", ("falcon_h1",), "multiply"),
+    ("logits_scaling", ("granite", "minicpm3"), "divide"),  # Granite divides the logits; MiniCPM3 the hidden
+    ("logits_scaling", ("hyperclovax",), "multiply"),  # states before a bias-free head: the same. HyperCLOVA X
+)
+_IGNORED_FIELDS = {("mpt", "logit_scale")}  # MPT's config has it; its modeling code never applies it
+
+
 def lm_head_spec(model: torch.nn.Module) -> kernels.LogitHead:
     """The final-logit transform of `model`'s LM head as a `kernels.LogitHead` (scale, soft-cap), read from its
     config; raises ValueError naming the config field for a head the kernels cannot express.
