@@ -13,9 +13,10 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from search import scoring
+from search.decoders import DECODERS, get_decoder
 from search.mcts import LEAF_VALUES
 
-METHODS = ("sample", "greedy", "bon", "beam", "cbs", "mcts")
+METHODS = tuple(DECODERS)  # the registered decoders at import; validation reads DECODERS itself
 SCORES = scoring.SCORES
 DEFAULT_BETA = 0.1  # β when neither --beta nor the policy's train_config.yaml gives one
 DEFAULT_MAX_NEW_TOKENS = 64  # without --task (a task has its own response length)
@@ -45,7 +46,7 @@ class SearchConfig:
     output: str | None = _f(None, "JSONL output file (default: stdout); written to FILE.partial, renamed at the end")
     resume: bool = _f(False, "with --output: keep the prompts already finished in FILE.partial, decode the rest")
     # decoder
-    method: str = _f("greedy", "decoder (set by --sample/--greedy/--bon/--beam/--cbs/--mcts)", METHODS)
+    method: str = _f("greedy", "decoder (set by " + "/".join(f"--{m}" for m in METHODS) + ")", METHODS)
     bon: int = _f(4, "N of best-of-N")
     beam: int = _f(4, "K of beam search")
     cbs: tuple[int, int, int] = _f((2, 2, 8), "W,K,L of chunk-level beam search")
@@ -99,12 +100,11 @@ class SearchConfig:
 
     def support(self) -> tuple[int, float]:
         """(top_k, top_p) of this decoder and score: the flags, or the documented default."""
-        return scoring.resolve_support(self.method, self.score, self.top_k, self.top_p)
+        return scoring.resolve_support(get_decoder(self.method).support_name, self.score, self.top_k, self.top_p)
 
     def validate(self) -> None:
         """Every value checked before anything runs; a bad one is a ValueError the CLI prints as `error: ...`."""
-        if self.method not in METHODS:
-            raise ValueError(f"method must be one of {METHODS}, got {self.method!r}")
+        decoder = get_decoder(self.method)
         if self.score not in SCORES:
             raise ValueError(f"--score must be one of {SCORES}, got {self.score!r}")
         for name in ("bon", "beam", "simulations", "leaf_batch", "batch_size", "num_prompts"):
@@ -128,8 +128,9 @@ class SearchConfig:
         if self.ref_weight is not None and self.score != "mixed":
             raise ValueError(f"--ref_weight applies to --score mixed only (--score {self.score} fixes λ = "
                              f"{scoring.ref_weight(self.score):g})")
-        if self.proposal is not None and self.method not in ("bon", "cbs"):
-            raise ValueError(f"--proposal applies to --bon and --cbs only, not --{self.method}")
+        if self.proposal is not None and not decoder.proposal:
+            takers = " and ".join(f"--{d.name}" for d in DECODERS.values() if d.proposal)
+            raise ValueError(f"--proposal applies to {takers} only, not --{self.method}")
         if self.resume and not self.output:
             raise ValueError("--resume needs --output FILE (it continues FILE.partial)")
         try:

@@ -26,19 +26,13 @@ import yaml
 from tqdm import tqdm
 
 from search import scoring
-from search.beam import beam_search, chunk_beam_search
 from search.config import DEFAULT_BETA, SearchConfig
-from search.mcts import check_mcts_memory, make_params, mcts
-from search.sampling import best_of_n, greedy, sample
+from search.decoders import DECODERS, get_decoder
 from search.scorer import Decoded, PairScorer
 from tokendpo.device import pick_device
 from tokendpo.model_checks import (check_model_fits_tokenizer, check_same_model_vocab, check_same_vocabulary,
                                    max_positions, model_vocab_size)
 
-METHOD_FLAGS = {  # flag → (method, config field it sets)
-    "--sample": ("sample", None), "--greedy": ("greedy", None), "--bon": ("bon", "bon"),
-    "--beam": ("beam", "beam"), "--cbs": ("cbs", "cbs"), "--mcts": ("mcts", None),
-}
 DEFAULT_RUN = ("outputs/default/dpo", "outputs/default/sft", "sentiment")  # policy, reference, task
 
 
@@ -48,14 +42,6 @@ def _bool(text: str) -> bool:
     if text.lower() in ("0", "false", "no", "off"):
         return False
     raise argparse.ArgumentTypeError(f"expected true or false, got {text!r}")
-
-
-def _triple(text: str) -> tuple[int, int, int]:
-    try:
-        w, k, l_ = (int(x) for x in text.split(","))
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected W,K,L (three integers), got {text!r}") from None
-    return (w, k, l_)
 
 
 class _Help(argparse.ArgumentDefaultsHelpFormatter):
@@ -71,14 +57,10 @@ class _Parser(argparse.ArgumentParser):
 def build_parser() -> argparse.ArgumentParser:
     ap = _Parser(prog="python -m search.decode", description=__doc__.split("\n\n")[0],
                  formatter_class=_Help)
-    group = ap.add_mutually_exclusive_group()
-    group.add_argument("--sample", action="store_true", help="ancestral sampling at --temperature")
-    group.add_argument("--greedy", action="store_true", help="argmax decoding (the default)")
-    group.add_argument("--bon", type=int, metavar="N", help="best of N samples by summed --score")
-    group.add_argument("--beam", type=int, metavar="K", help="beam search with K beams over summed --score")
-    group.add_argument("--cbs", type=_triple, metavar="W,K,L", help="chunk-level beam search")
-    group.add_argument("--mcts", action="store_true", help="MCTS, --simulations per committed token")
-    skip = {"method", "bon", "beam", "cbs"}
+    group = ap.add_mutually_exclusive_group()  # one flag per registered decoder, `--NAME`
+    for d in DECODERS.values():
+        group.add_argument(f"--{d.name}", help=d.help, **d.flag)
+    skip = {"method"} | {d.sets for d in DECODERS.values() if d.sets}  # set through the decoder's own flag
     types = {"int": int, "float": float, "str": str, "int | None": int, "float | None": float, "str | None": str}
     for f in dataclasses.fields(SearchConfig):
         if f.name in skip:
@@ -98,13 +80,13 @@ def build_parser() -> argparse.ArgumentParser:
 def parse_args(argv: list[str] | None = None) -> SearchConfig:
     """The command line as a validated SearchConfig; with no --policy/--ref/--prompts/--task, the default run."""
     args = vars(build_parser().parse_args(argv))
-    method = "greedy"
-    for flag, (name, fld) in METHOD_FLAGS.items():
-        val = args.pop(flag[2:])
+    method = SearchConfig.method  # the default decoder
+    for d in DECODERS.values():
+        val = args.pop(d.name)
         if val is not None and val is not False:  # `--beam 0` is a value (refused below), not "unset"
-            method = name
-            if fld is not None:
-                args[fld] = val
+            method = d.name
+            if d.sets is not None:
+                args[d.sets] = val
     cfg = SearchConfig(method=method, **args)
     cfg.validate()
     if not any((cfg.policy, cfg.ref, cfg.prompts, cfg.task)):
@@ -201,37 +183,11 @@ def encode_prompt(tokenizer, text: str, chat_template: bool) -> list[int]:
     return list(ids)
 
 
-def _mcts_kwargs(cfg: SearchConfig, banned: list[int]) -> dict:
-    """MCTS's arguments: the shared score and support (top_k/top_p None = MCTS's default) and its own knobs."""
-    return dict(simulations=cfg.simulations, c_puct=cfg.c_puct, top_k=cfg.top_k, top_p=cfg.top_p,
-                rollout_len=cfg.rollout_len, reuse_cache=cfg.reuse_cache, score=cfg.score, ref_weight=cfg.ref_weight,
-                banned_tokens=banned, normalize_q=cfg.normalize_q, leaf_value=cfg.leaf_value,
-                leaf_batch=cfg.leaf_batch, length_penalty=cfg.length_penalty)
-
-
 def decode_batch(scorer: PairScorer, prompts: list[list[int]], cfg: SearchConfig, eos_token_id: int,
                  generator: torch.Generator, banned_tokens: list[int] | None = None) -> list[Decoded]:
-    """Dispatch to the decoder `cfg.method` — the one place a method name becomes a function."""
-    banned = list(banned_tokens or [])
-    common = dict(max_new_tokens=cfg.new_tokens(), eos_token_id=eos_token_id, no_repeat_ngram=cfg.no_repeat_ngram)
-    ranked = dict(score=cfg.score, ref_weight=cfg.ref_weight, top_k=cfg.top_k, top_p=cfg.top_p, banned_tokens=banned,
-                  length_norm=cfg.length_norm, length_penalty=cfg.length_penalty)
-    proposals = dict(proposal=cfg.proposal, temperature=cfg.temperature, generator=generator)
-    if cfg.method == "greedy":
-        return greedy(scorer, prompts, banned_tokens=banned, **common)
-    if cfg.method == "sample":
-        return sample(scorer, prompts, temperature=cfg.temperature, generator=generator, top_k=cfg.top_k,
-                      top_p=cfg.top_p, banned_tokens=banned, **common)
-    if cfg.method == "bon":
-        return best_of_n(scorer, prompts, n=cfg.bon, **ranked, **proposals, **common)
-    if cfg.method == "beam":
-        return beam_search(scorer, prompts, num_beams=cfg.beam, **ranked, **common)
-    if cfg.method == "cbs":
-        w, k, l_ = cfg.cbs
-        return chunk_beam_search(scorer, prompts, width=w, samples=k, chunk=l_, **ranked, **proposals, **common)
-    if cfg.method == "mcts":
-        return mcts(scorer, prompts, **_mcts_kwargs(cfg, banned), **common)
-    raise ValueError(f"unknown method {cfg.method!r}")
+    """Dispatch to the decoder `cfg.method` through the registry (`search.decoders.DECODERS`)."""
+    return get_decoder(cfg.method).run(scorer, prompts, cfg, eos_token_id=eos_token_id, generator=generator,
+                                       banned=list(banned_tokens or []))
 
 
 def check_pair(policy, reference, tokenizer, ref_tokenizer, names: tuple[str, str]) -> None:
@@ -308,11 +264,9 @@ def run(cfg: SearchConfig, policy, reference, tokenizer, texts: list[str], task=
     encoded = [encode_prompt(tokenizer, t, cfg.chat_template) for t in texts]
     cfg = dataclasses.replace(cfg, max_new_tokens=cfg.new_tokens(task))
     check_lengths(encoded, (policy, reference), cfg.max_new_tokens, texts)
-    if cfg.method == "mcts":  # refuse what MCTS cannot do (e.g. an unbounded support) before any output
-        kw = {k: v for k, v in _mcts_kwargs(cfg, banned).items() if k != "leaf_batch"}
-        make_params(max_new_tokens=cfg.max_new_tokens, eos_token_id=tokenizer.eos_token_id, **kw)
-        check_mcts_memory(policy, reference, sorted(map(len, encoded))[-cfg.batch_size:], simulations=cfg.simulations,
-                          max_new_tokens=cfg.max_new_tokens, leaf_batch=cfg.leaf_batch, rollout_len=cfg.rollout_len)
+    decoder = get_decoder(cfg.method)
+    if decoder.check is not None:  # refuse what the decoder cannot do (e.g. MCTS's unbounded support) before output
+        decoder.check(cfg, policy, reference, encoded, banned, tokenizer.eos_token_id)
     return _decode(cfg, scorer, tokenizer, texts, encoded, banned, task, skip)
 
 
