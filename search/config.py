@@ -80,6 +80,8 @@ class SearchConfig:
     normalize_q: bool = _f(True, "MCTS: min–max normalise Q inside each tree (MuZero), so --c_puct is unitless")
     leaf_batch: int = _f(1, "MCTS leaves chosen per tree and evaluated in one batch (virtual visits; 1 = sequential)")
     reuse_cache: bool = _f(True, "MCTS: extend parent KV caches (true) or re-encode every node's prefix (baseline)")
+    options: dict[str, Any] = field(default_factory=dict, metadata={
+        "help": "the chosen decoder's own options (`search.decoders.Option`) that were given, by name"})
     # execution
     batch_size: int = _f(8, "prompts decoded together (rows = prompts × beams/samples)")
     device: str = _f("auto", "cpu, cuda, or auto")
@@ -105,6 +107,11 @@ class SearchConfig:
     def validate(self) -> None:
         """Every value checked before anything runs; a bad one is a ValueError the CLI prints as `error: ...`."""
         decoder = get_decoder(self.method)
+        for name in self.options:
+            if name not in {o.name for o in decoder.options}:
+                takers = [f"--{d.name}" for d in DECODERS.values() if name in {o.name for o in d.options}]
+                raise ValueError(f"--{name} applies to {' and '.join(takers) or 'no decoder'} only, not "
+                                 f"--{self.method}")
         if self.score not in SCORES:
             raise ValueError(f"--score must be one of {SCORES}, got {self.score!r}")
         for name in ("bon", "beam", "simulations", "leaf_batch", "batch_size", "num_prompts"):

@@ -60,7 +60,11 @@ def build_parser() -> argparse.ArgumentParser:
     group = ap.add_mutually_exclusive_group()  # one flag per registered decoder, `--NAME`
     for d in DECODERS.values():
         group.add_argument(f"--{d.name}", help=d.help, **d.flag)
-    skip = {"method"} | {d.sets for d in DECODERS.values() if d.sets}  # set through the decoder's own flag
+    for d in DECODERS.values():  # a decoder's own knobs; default None = "not given" (the Option holds the default)
+        for o in d.options:
+            ap.add_argument(f"--{o.name}", type=o.type, choices=o.choices, default=None,
+                            help=f"--{d.name}: {o.help} (default: {o.default!r})")
+    skip = {"method", "options"} | {d.sets for d in DECODERS.values() if d.sets}  # set through the decoder's flag
     types = {"int": int, "float": float, "str": str, "int | None": int, "float | None": float, "str | None": str}
     for f in dataclasses.fields(SearchConfig):
         if f.name in skip:
@@ -87,7 +91,9 @@ def parse_args(argv: list[str] | None = None) -> SearchConfig:
             method = d.name
             if d.sets is not None:
                 args[d.sets] = val
-    cfg = SearchConfig(method=method, **args)
+    names = {o.name for d in DECODERS.values() for o in d.options}
+    options = {k: args.pop(k) for k in names}
+    cfg = SearchConfig(method=method, options={k: v for k, v in options.items() if v is not None}, **args)
     cfg.validate()
     if not any((cfg.policy, cfg.ref, cfg.prompts, cfg.task)):
         cfg.policy, cfg.ref, cfg.task = default_run()

@@ -5,7 +5,7 @@
 below, and its test; the search algorithm itself may live in its own module under `search/`.
 """
 
-from search.decoders.base import Decoder
+from search.decoders.base import Decoder, Option
 from search.decoders.beam import BEAM
 from search.decoders.bon import BON
 from search.decoders.cbs import CBS
@@ -22,4 +22,4 @@ def get_decoder(name: str) -> Decoder:
     return DECODERS[name]
 
 
-__all__ = ["DECODERS", "Decoder", "get_decoder"]
+__all__ = ["DECODERS", "Decoder", "Option", "get_decoder"]

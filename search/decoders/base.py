@@ -15,6 +15,19 @@ from typing import Any, Callable
 
 
 @dataclass(frozen=True)
+class Option:
+    """A knob of one decoder that is not a SearchConfig field: the flag `--name`, kept in `cfg.options[name]`
+    when given (read it with `Decoder.option`). The built-in decoders' knobs are SearchConfig fields (a public
+    contract); a new decoder declares its own here, so adding it edits no other file."""
+
+    name: str
+    default: Any
+    help: str
+    type: Callable[[str], Any] = str
+    choices: tuple | None = None
+
+
+@dataclass(frozen=True)
 class Decoder:
     """One decoder: `--NAME` on the command line, `method=NAME` in a SearchConfig.
 
@@ -29,6 +42,7 @@ class Decoder:
              (None: its own name).
     check:   optional (cfg, policy, reference, encoded_prompts, banned, eos_token_id) -> None, run before any
              output; raises ValueError for what the decoder cannot do (cfg.max_new_tokens is resolved).
+    options: its own knobs beyond SearchConfig's fields (`Option`), each a flag `--NAME`.
     """
 
     name: str
@@ -40,10 +54,18 @@ class Decoder:
     proposal: bool = False
     support: str | None = None
     check: Callable[..., None] | None = None
+    options: tuple[Option, ...] = ()
 
     @property
     def support_name(self) -> str:
         return self.support or self.name
+
+    def option(self, cfg, name: str) -> Any:
+        """The value of this decoder's option `name` in cfg: as given, else its default."""
+        for opt in self.options:
+            if opt.name == name:
+                return cfg.options.get(name, opt.default)
+        raise KeyError(f"decoder {self.name!r} has no option {name!r}")
 
 
 def common(cfg, eos_token_id: int) -> dict:
