@@ -49,6 +49,7 @@ import argparse
 import json
 import math
 import os
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -56,6 +57,7 @@ import threading
 import time
 from pathlib import Path
 
+from benchmarks.results_file import command_line, write_results
 from benchmarks.vs_trl_report import (
     HPARAMS,
     REPORTED,
@@ -67,15 +69,36 @@ from benchmarks.vs_trl_report import (
 REPO = Path(__file__).resolve().parents[1]
 HH_FILE = REPO.parent / "shared" / "data" / "hh-rlhf-harmless-base-test.jsonl.gz"
 FRAMEWORKS = ("tokendpo", "trl", "tokendpo+packing")  # the third: tokendpo's padding-free mode (TRL 1.16 has none)
-MODELS = ("tiny-llama", "llama-v32k")
+MODELS = ("tiny-llama", "llama-v32k", "gemma2-softcap")
 V32K = dict(vocab_size=32000, hidden_size=256, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=4,
             intermediate_size=1024, max_position_embeddings=512)
-# Full run: 50 steps twice per model (order reversed in the second run); about 40-60 min on the shared 2-core
-# machine, where a TRL llama-v32k step takes 5-20 s depending on load.
-FULL = dict(models=MODELS, steps={"tiny-llama": 50, "llama-v32k": 50}, reps={"tiny-llama": 2, "llama-v32k": 2},
-            batch_size=4, max_length=256, max_prompt_length=128)
-QUICK = dict(models=("tiny-llama",), batch_size=2, max_length=192, max_prompt_length=96)
-QUICK_STEPS = 6
+# Gemma-2-shaped: soft-capped final logits y = c·tanh(z/c), √H-scaled embeddings, GeGLU MLP, sandwich norms,
+# query_pre_attn_scalar; full attention in both layers (no sliding window); a 16k vocabulary (Gemma-2's is 256k,
+# out of reach on 2 CPU cores). The LM head is scaled ×GEMMA_HEAD_GAIN after init so the raw logits (std ~1.1,
+# tails ~4.5) reach the cap's curved region (c = 3): with random-init logits (std ~0.2) the cap would be the
+# identity. A larger gain makes the distribution so peaked that WPO's weights underflow to ~0.
+GEMMA2 = dict(vocab_size=16384, hidden_size=128, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+              head_dim=32, query_pre_attn_scalar=32, intermediate_size=512, max_position_embeddings=512,
+              final_logit_softcapping=3.0, attn_logit_softcapping=None,
+              layer_types=["full_attention", "full_attention"])
+GEMMA_HEAD_GAIN = 5.0
+# The DPO-family variants compared (TRL DPOConfig keys; tokendpo takes the same names): two non-default losses,
+# one of them a weighted mixture, and WPO's weighting (which needs log Σ_v p_v² per token from each LM head).
+LOSSES = {
+    "apo_zero": dict(loss_type=["apo_zero"], loss_weights=None, use_weighting=False),
+    "sigmoid+0.5sft": dict(loss_type=["sigmoid", "sft"], loss_weights=[1.0, 0.5], use_weighting=False),
+    "sigmoid+wpo": dict(loss_type=["sigmoid"], loss_weights=None, use_weighting=True),
+    # --quick only: apo_zero and WPO in one run, to keep the smoke test short (TRL 1.16 cannot combine WPO with
+    # the sft term: its in-place weighting of the expanded per-sequence loss raises a RuntimeError)
+    "apo_zero+wpo": dict(loss_type=["apo_zero"], loss_weights=None, use_weighting=True),
+}
+# Full run: 10 steps once per model × loss (the agreement window; bounded to finish in ~20 min on the shared
+# 2-core machine, where a TRL llama-v32k step takes 5-20 s depending on load).
+FULL = dict(models=MODELS, losses=("apo_zero", "sigmoid+0.5sft", "sigmoid+wpo"), batch_size=4, max_length=256, max_prompt_length=128, steps=10,
+            reps=1)
+QUICK = dict(cases=(("tiny-llama", "sigmoid+0.5sft"), ("gemma2-softcap", "apo_zero+wpo")),
+             batch_size=2, max_length=192, max_prompt_length=96, steps=6, reps=1)
+QUICK_STEPS = QUICK["steps"]
 
 
 # ------------------------------------------------------------------------------------------ in the workers
@@ -179,7 +202,8 @@ def worker_trl(spec: dict) -> dict:
         gradient_accumulation_steps=1, learning_rate=h["learning_rate"], lr_scheduler_type="cosine",
         warmup_steps=h["warmup_steps"], optim="adamw_torch_fused", adam_beta1=h["adam_beta1"], adam_beta2=h["adam_beta2"],
         adam_epsilon=h["adam_epsilon"], weight_decay=0.0, max_grad_norm=h["max_grad_norm"], beta=h["beta"],
-        loss_type=["sigmoid"], max_length=spec["max_length"], precompute_ref_log_probs=False,
+        loss_type=spec["loss"]["loss_type"], loss_weights=spec["loss"]["loss_weights"],
+        use_weighting=spec["loss"]["use_weighting"], max_length=spec["max_length"], precompute_ref_log_probs=False,
         gradient_checkpointing=False, bf16=False, fp16=False, use_cpu=True, disable_dropout=True,
         train_sampling_strategy="sequential", seed=h["seed"], logging_steps=1, save_strategy="no",
         eval_strategy="no", report_to="none", disable_tqdm=True, dataloader_num_workers=0,
@@ -207,18 +231,25 @@ def build_model(name: str, out_dir: Path) -> Path:
     """Save model `name` (random init, seed 0) with tokendpo's byte-level tokenizer to `out_dir`."""
     from tokendpo.modeling import build_preset
 
+    if (out_dir / "config.json").is_file():  # built once per run, shared by its losses
+        return out_dir
     if name == "tiny-llama":
         return build_preset(name, out_dir, seed=0)
     import torch
-    from transformers import AutoModelForCausalLM, LlamaConfig
+    from transformers import AutoModelForCausalLM, Gemma2Config, LlamaConfig
 
     from tokendpo.modeling import byte_level_tokenizer
 
     tokenizer = byte_level_tokenizer()
-    config = LlamaConfig(**V32K, tie_word_embeddings=False, pad_token_id=tokenizer.pad_token_id,
-                         bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id)
+    ids = dict(tie_word_embeddings=False, pad_token_id=tokenizer.pad_token_id, bos_token_id=tokenizer.bos_token_id,
+               eos_token_id=tokenizer.eos_token_id)
+    config = LlamaConfig(**V32K, **ids) if name == "llama-v32k" else Gemma2Config(**GEMMA2, **ids)
     torch.manual_seed(0)
-    AutoModelForCausalLM.from_config(config).save_pretrained(out_dir, safe_serialization=True)
+    model = AutoModelForCausalLM.from_config(config)
+    if name == "gemma2-softcap":
+        with torch.no_grad():
+            model.get_output_embeddings().weight.mul_(GEMMA_HEAD_GAIN)
+    model.save_pretrained(out_dir, safe_serialization=True)
     tokenizer.save_pretrained(out_dir)
     return out_dir
 
@@ -244,7 +275,7 @@ def hh_texts(tokenizer, max_length: int, max_prompt_length: int) -> list[dict]:
     return kept
 
 
-def prepare(model: str, work: Path, setup: dict) -> dict:
+def prepare(model: str, loss: str, work: Path, setup: dict) -> dict:
     """Model dir, tokendpo config + data file, TRL's rows in tokendpo's order, and the ids both must train on."""
     from tokendpo import config as config_mod
     from tokendpo.config import Config
@@ -264,28 +295,30 @@ def prepare(model: str, work: Path, setup: dict) -> dict:
     cfg.model.model, cfg.model.ref_logps = str(model_dir), "online"
     cfg.data.dataset = str(data)
     cfg.data.max_length, cfg.data.max_prompt_length = setup["max_length"], setup["max_prompt_length"]
-    cfg.loss.beta, cfg.loss.loss_type = h["beta"], "sigmoid"
+    cfg.loss.beta, cfg.loss.loss_type = h["beta"], ",".join(LOSSES[loss]["loss_type"])
+    cfg.loss.loss_weights, cfg.loss.use_weighting = LOSSES[loss]["loss_weights"], LOSSES[loss]["use_weighting"]
     for key in ("learning_rate", "warmup_steps", "max_grad_norm", "adam_beta1", "adam_beta2", "adam_epsilon"):
         setattr(cfg.optim, key, h[key])
     cfg.optim.weight_decay = 0.0
-    steps = setup["steps"][model]
+    steps = setup["steps"]
     cfg.train.max_steps, cfg.train.per_device_train_batch_size = steps, setup["batch_size"]
     cfg.train.gradient_accumulation_steps, cfg.train.logging_steps, cfg.train.seed = 1, 1, h["seed"]
     cfg.train.kernel, cfg.train.device, cfg.train.progress = "auto", "cpu", False
-    config_path = work / f"{model}-tokendpo.yaml"
+    config_path = work / f"{model}-{loss}-tokendpo.yaml"
     config_mod.save_yaml(cfg, config_path)
 
     pairs, _, stats = load_preference_data(cfg.data, tokenizer, seed=cfg.train.seed)
     assert len(pairs) == len(texts) and stats.prompts_truncated == 0 and stats.responses_truncated == 0, stats
     order = [i for step in range(steps) for i in micro_batch(len(pairs), step, 0, cfg)]
-    trl_rows = work / f"{model}-trl-rows.jsonl"
+    trl_rows = work / f"{model}-{loss}-trl-rows.jsonl"
     trl_rows.write_text("".join(json.dumps(texts[i]) + "\n" for i in order))
     bs = setup["batch_size"]
     step_tokens = [sum(2 * len(pairs[i].prompt_ids) + len(pairs[i].chosen_ids) + len(pairs[i].rejected_ids)
                        for i in order[s * bs:(s + 1) * bs]) for s in range(steps)]
     expected = [[pairs[i].prompt_ids, pairs[i].chosen_ids, pairs[i].rejected_ids] for i in order]
     return {"model_dir": str(model_dir), "config": str(config_path), "trl_rows": str(trl_rows),
-            "step_tokens": step_tokens, "expected_ids": expected, "n_pairs": len(pairs), "steps": steps}
+            "step_tokens": step_tokens, "expected_ids": expected, "n_pairs": len(pairs), "steps": steps,
+            "model": model, "loss": loss}
 
 
 def run_worker(framework: str, spec: dict, work: Path, timeout: float) -> dict:
@@ -333,7 +366,7 @@ def logps_accuracy(prep: dict, batch_size: int) -> dict:
     import kernels
     from tokendpo.data import TokenizedPair, collate_pairs
     from tokendpo.logps import final_hidden, lm_head, sequence_logps
-    from tokendpo.modeling import load_model, load_tokenizer
+    from tokendpo.modeling import lm_head_spec, load_model, load_tokenizer
 
     tokenizer = load_tokenizer(prep["model_dir"])
     model = load_model(prep["model_dir"]).eval()
@@ -354,7 +387,7 @@ def logps_accuracy(prep: dict, batch_size: int) -> dict:
         weight, bias = lm_head(model)
         oracle = kernels.token_logprobs(hidden.reshape(-1, hidden.shape[-1]).double(), weight.double(),
                                         targets.reshape(-1), bias=None if bias is None else bias.double(),
-                                        impl="naive").view(targets.shape).sum(-1)
+                                        impl="naive", **lm_head_spec(model).kwargs()).view(targets.shape).sum(-1)
     add_fused_lm_head(model)  # TRL's own patch, as DPOTrainer applies it
     theirs = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], labels=batch["labels"],
                    fused_lm_head=True, use_cache=False).log_probs.sum(-1)
@@ -373,14 +406,90 @@ def logps_accuracy(prep: dict, batch_size: int) -> dict:
 
 # ------------------------------------------------------------------------------------------ main
 
-def main(argv: list[str] | None = None) -> int:
-    argv = sys.argv[1:] if argv is None else argv
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n", 1)[0])
-    p.add_argument("--quick", action="store_true", help="<= 60 s smoke run (tiny-llama, 6 steps); asserts agreement")
+def parse_cases(args) -> list[tuple[str, str]]:
+    """(model, loss) pairs to run: --quick's three, or every --models × --losses (default: all of both)."""
+    if args.quick and not (args.models or args.losses):
+        return list(QUICK["cases"])
+    chosen = []
+    for flag, value, known in (("--models", args.models, MODELS), ("--losses", args.losses, tuple(LOSSES))):
+        names = value.split(",") if value else list(FULL["models"] if flag == "--models" else FULL["losses"])
+        unknown = sorted(set(names) - set(known))
+        if unknown:
+            raise ValueError(f"{flag}: unknown {unknown}; choose from {', '.join(known)}")
+        chosen.append(names)
+    return [(m, loss) for m in chosen[0] for loss in chosen[1]]
+
+
+def result_rows(runs: dict, preps: dict) -> list[dict]:
+    """One row per model × loss for benchmarks/results/vs_trl.json: tokendpo over TRL, medians over runs.
+
+    speed_ratio: tokens per CPU-second over steps 2..N; memory_ratio: peak RSS (VmHWM); max_abs_diff: max |Δ loss|
+    over steps 1..10 of run 1. Each run is one pair of fresh processes, so `n_runs` is the n of the ratios (no
+    interval is possible from one run; the per-run ratios are listed)."""
+    from benchmarks.vs_trl_report import throughput
+
+    rows = []
+    for case, reps in runs.items():
+        st = preps[case]["step_tokens"]
+        speed = [throughput(r["results"]["tokendpo"], st)["cpu"] / throughput(r["results"]["trl"], st)["cpu"]
+                 for r in reps]
+        memory = [r["results"]["tokendpo"]["peak_rss"] / r["results"]["trl"]["peak_rss"] for r in reps]
+        rows.append({"model": preps[case]["model"], "loss": preps[case]["loss"],
+                     "speed_ratio": statistics.median(speed), "memory_ratio": statistics.median(memory),
+                     "max_abs_diff": reps[0]["diffs"]["tokendpo"]["loss"][0], "speed_ratios": speed,
+                     "memory_ratios": memory, "n_runs": len(reps), "steps": preps[case]["steps"],
+                     "tokens_per_run": sum(st)})
+    return rows
+
+
+def run(argv: list[str]) -> dict:
+    """Run the benchmark; returns {"rows": result rows, "table": Markdown, "runs", "preps"} (main writes them)."""
+    args = _parser().parse_args(argv)
+    cases = parse_cases(args)
+    setup = {k: v for k, v in (QUICK if args.quick else FULL).items() if k not in ("cases", "models", "losses")}
+    setup["steps"] = args.steps or setup["steps"]
+    setup["reps"] = args.reps or setup["reps"]
+    setup["threads"] = args.threads
+    setup["load_start"] = os.getloadavg()[0]
+    frameworks = FRAMEWORKS[:2] if not args.packing else FRAMEWORKS
+    runs, preps, accuracy = {}, {}, {}
+    with tempfile.TemporaryDirectory(prefix="vs_trl-") as tmp:
+        work = Path(tmp)
+        for model, loss in cases:
+            case = f"{model} · {loss}"
+            preps[case] = prep = prepare(model, loss, work, setup)
+            if model not in accuracy:
+                accuracy[model] = logps_accuracy(prep, setup["batch_size"])
+            runs[case] = []
+            for rep in range(setup["reps"]):
+                results = {}
+                for fw in (frameworks if rep % 2 == 0 else frameworks[::-1]):  # ABC, CBA: against drifting load
+                    spec = {k: v for k, v in prep.items() if k != "expected_ids"}
+                    spec.update(framework=fw, threads=setup["threads"], batch_size=setup["batch_size"],
+                                max_length=setup["max_length"], hparams=HPARAMS, loss=LOSSES[loss],
+                                output_dir=str(work / f"out-{model}-{loss}-{fw}-{rep}"))
+                    t = time.perf_counter()
+                    results[fw] = run_worker(fw, spec, work, args.timeout)
+                    print(f"# {case} {fw} run {rep + 1}: {time.perf_counter() - t:.0f} s", file=sys.stderr, flush=True)
+                results = {fw: results[fw] for fw in frameworks}
+                diffs = check_agreement(case, prep, results)
+                results["trl"].pop("ids")
+                runs[case].append({"results": results, "diffs": diffs})
+    setup["load_end"] = os.getloadavg()[0]
+    table = report(runs, preps, accuracy, setup, argv, args.quick)
+    return {"rows": result_rows(runs, preps), "table": table, "runs": runs, "preps": preps, "accuracy": accuracy}
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m benchmarks.vs_trl", description=__doc__.split("\n\n", 1)[0])
+    p.add_argument("--quick", action="store_true",
+                   help="smoke run (tiny-llama sigmoid+0.5sft, gemma2-softcap apo_zero+wpo; 6 steps); asserts "
+                        "agreement, writes nothing")
     p.add_argument("--models", default=None, help=f"comma-separated subset of {','.join(MODELS)}")
-    p.add_argument("--steps", type=int, default=None, help="optimizer steps per run (default 50; --quick 6)")
-    p.add_argument("--reps", type=int, default=None, help="runs per framework × model, alternating order (default 2; "
-                                                          "--quick 1)")
+    p.add_argument("--losses", default=None, help=f"comma-separated subset of {','.join(LOSSES)}")
+    p.add_argument("--steps", type=int, default=None, help="optimizer steps per run (default 10; --quick 6)")
+    p.add_argument("--reps", type=int, default=None, help="runs per framework × case, alternating order (default 1)")
+    p.add_argument("--packing", action="store_true", help="also run tokendpo --packing (a third framework)")
     p.add_argument("--output", default=None, help="write the table here (default benchmarks/RESULTS_vs_trl.md "
                                                  "for a full run; none for --quick)")
     p.add_argument("--threads", type=int, default=1,
@@ -391,61 +500,43 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--worker", choices=FRAMEWORKS, help=argparse.SUPPRESS)
     p.add_argument("--spec", help=argparse.SUPPRESS)
     p.add_argument("--result", help=argparse.SUPPRESS)
-    args = p.parse_args(argv)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    args = _parser().parse_args(argv)
     if args.worker:
         spec = json.loads(Path(args.spec).read_text())
         result = (worker_trl if args.worker == "trl" else worker_tokendpo)(spec)
         Path(args.result).write_text(json.dumps(result))
         return 0
-
     try:
         import trl  # noqa: F401 - the benchmark-only extra
     except ImportError as e:
-        raise SystemExit(f"benchmarks.vs_trl needs trl (the benchmark extra: pip install trl==1.16.0): {e}")
-    setup = dict(QUICK if args.quick else FULL)
-    if args.models:
-        unknown = set(args.models.split(",")) - set(MODELS)
-        if unknown:
-            raise SystemExit(f"--models: unknown {sorted(unknown)}; choose from {', '.join(MODELS)}")
-        setup["models"] = tuple(args.models.split(","))
-    setup["steps"] = {m: args.steps or (QUICK_STEPS if args.quick else FULL["steps"][m]) for m in setup["models"]}
-    setup["threads"] = args.threads
-    setup["load_start"] = os.getloadavg()[0]
-    setup["reps"] = {m: args.reps or (1 if args.quick else FULL["reps"][m]) for m in setup["models"]}
+        print(f"error: benchmarks.vs_trl needs trl (the benchmark extra: pip install trl==1.16.0): {e}",
+              file=sys.stderr)
+        return 2
+    try:
+        parse_cases(args)
+    except ValueError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    if args.steps is not None and args.steps < 2 or args.reps is not None and args.reps < 1:
+        print("error: --steps must be >= 2 and --reps >= 1", file=sys.stderr)
+        return 2
+    out = run(argv)
+    print(out["table"])
     output = args.output or (None if args.quick else str(REPO / "benchmarks" / "RESULTS_vs_trl.md"))
-
-    frameworks = FRAMEWORKS[:2] if args.quick else FRAMEWORKS  # --quick: the default-config pair only
-    runs, preps, accuracy = {}, {}, {}
-    with tempfile.TemporaryDirectory(prefix="vs_trl-") as tmp:
-        work = Path(tmp)
-        for model in setup["models"]:
-            preps[model] = prep = prepare(model, work, setup)
-            accuracy[model] = logps_accuracy(prep, setup["batch_size"])
-            runs[model] = []
-            for rep in range(setup["reps"][model]):
-                results = {}
-                for fw in (frameworks if rep % 2 == 0 else frameworks[::-1]):  # ABC, CBA: against drifting load
-                    spec = {k: v for k, v in prep.items() if k != "expected_ids"}
-                    spec.update(framework=fw, threads=setup["threads"], batch_size=setup["batch_size"],
-                                max_length=setup["max_length"], hparams=HPARAMS,
-                                output_dir=str(work / f"out-{model}-{fw}-{rep}"))
-                    t = time.perf_counter()
-                    results[fw] = run_worker(fw, spec, work, args.timeout)
-                    print(f"# {model} {fw} run {rep + 1}: {time.perf_counter() - t:.0f} s", file=sys.stderr, flush=True)
-                results = {fw: results[fw] for fw in frameworks}
-                diffs = check_agreement(model, prep, results)
-                results["trl"].pop("ids")
-                runs[model].append({"results": results, "diffs": diffs})
-    setup["load_end"] = os.getloadavg()[0]
-    table = report(runs, preps, accuracy, setup, argv, args.quick)
-    print(table)
     if output:
-        Path(output).write_text(table + "\n")
+        Path(output).write_text(out["table"] + "\n")
     if args.raw:
-        Path(args.raw).write_text(json.dumps({"runs": runs, "accuracy": accuracy, "step_tokens":
-                                              {m: p["step_tokens"] for m, p in preps.items()}}))
-    if args.quick:  # the smoke test's gate: any miss on the tiny model's first steps is a regression
-        missed = {m: misses(d) for m, r in runs.items() for d in r[0]["diffs"].values()}
+        Path(args.raw).write_text(json.dumps({"runs": out["runs"], "accuracy": out["accuracy"], "step_tokens":
+                                              {c: p["step_tokens"] for c, p in out["preps"].items()}}))
+    if not args.quick:
+        write_results("vs_trl", out["rows"], command_line("benchmarks.vs_trl", argv))
+    else:  # the smoke run's gate: any miss on the first steps is a regression
+        missed = {c: misses(d) for c, r in out["runs"].items() for d in r[0]["diffs"].values()}
         assert not any(missed.values()), f"trajectories disagree: {missed}"
     return 0
 

@@ -104,7 +104,7 @@ def report(runs: dict, preps: dict, accuracy: dict, setup: dict, argv: list[str]
              f"- job: {steps}; {setup['batch_size']} pairs per step from {first['n_pairs']} HH-RLHF harmless-base "
              f"pairs that fit max_prompt_length={setup['max_prompt_length']}, max_length={setup['max_length']} "
              f"untruncated (byte-level tokens); AdamW lr {HPARAMS['learning_rate']}, cosine to 0 at the last step, "
-             f"warmup {HPARAMS['warmup_steps']}, β={HPARAMS['beta']}, sigmoid, clip {HPARAMS['max_grad_norm']}, "
+             f"warmup {HPARAMS['warmup_steps']}, β={HPARAMS['beta']}, the case's loss (TRL's loss_type / loss_weights / use_weighting), clip {HPARAMS['max_grad_norm']}, "
              "fp32 CPU, reference online, no gradient checkpointing",
              "- frameworks: `tokendpo` (defaults: padded batches), `trl` (DPOTrainer, configured to match), "
              "`tokendpo+packing` (tokendpo's `--packing`: padding-free rows; TRL 1.16 has disabled its padding_free)",
