@@ -105,8 +105,8 @@ def timed(fns: list, repeats: int) -> tuple[list[float], list[list[float]], list
             return res
         return run
 
-    mins, results = best_time([wrap(i, fn) for i, fn in enumerate(fns)], repeats)
-    return mins, raw, results
+    _, results = best_time([wrap(i, fn) for i, fn in enumerate(fns)], repeats)
+    return [min(r) for r in raw], raw, results
 
 
 def bench_sample(pair: Pair, prompts, max_new: int, repeats: int) -> tuple[dict, list, list]:
@@ -194,9 +194,9 @@ def bench_step(pair: Pair, batch: int, context: int, repeats: int, rates: tuple[
     costs = [step_cost(m, batch, context) for m in (pair.policy, pair.reference)]
     cost = {k: sum(c[k] for c in costs) for k in costs[0]}
     floor, bound = floor_seconds(cost, *rates)
-    return dict(arm="decode_step", model=pair.name, batch=batch, context=context, step_ms=round(1e3 * best, 3),
-                floor_ms=round(1e3 * floor, 3), bound=bound, ratio_to_floor=round(best / floor, 3), **cost,
-                copy_gbps=round(rates[0] / 1e9, 2), matmul_gflops=round(rates[1] / 1e9, 2), n=repeats)
+    return dict(arm="decode_step", model=pair.name, batch=batch, context=context, step_ms=round(1e3 * best, 6),
+                floor_ms=round(1e3 * floor, 6), bound=bound, ratio_to_floor=round(best / floor, 4), **cost,
+                copy_gbps=round(rates[0] / 1e9, 4), matmul_gflops=round(rates[1] / 1e9, 4), n=repeats)
 
 
 # ---- driver ------------------------------------------------------------------------------------------------
