@@ -83,15 +83,38 @@ def score_family(rows: list[dict]) -> str:
             f"(W/T/L {b['wins']}/{b['ties']}/{b['losses']}, n = {b['n']}); distinct outputs {s['distinct_ratio']:.2f}")
 
 
+def bench_decode(rows: list[dict]) -> str:
+    """Our sampler and beam search against generate + a reference pass; the decode step against its floor."""
+    arms = [f"{'sampling' if r['arm'] == 'sample' else 'beam-' + str(r['width'])} {r['speed_vs_hf']:.2f}×"
+            for r in rows if r["arm"] in ("sample", "beam")]
+    n = max(r["n"] for r in rows if r["arm"] in ("sample", "beam"))
+    steps = [f"B={r['batch']} {r['ratio_to_floor']:.1f}×" for r in rows if r["arm"] == "decode_step"]
+    return (f"{rows[0]['model']}: speed vs generate + ref pass " + ", ".join(arms) + f" (min of n = {n}; target "
+            "≥ 1.0×); decode step / floor " + ", ".join(steps) + " (target ≤ 3×)")
+
+
+def vs_trl(rows: list[dict]) -> str:
+    """tokendpo over TRL 1.16's DPOTrainer per model × loss: the range of speed and memory ratios, how many rows meet
+    the goal (≥ 1.5× tokens per CPU-second with less peak memory), and the worst loss gap over steps 1–10."""
+    speed, memory = [r["speed_ratio"] for r in rows], [r["memory_ratio"] for r in rows]
+    met = sum(r["speed_ratio"] >= 1.5 and r["memory_ratio"] < 1 for r in rows)
+    n_runs = min(r["n_runs"] for r in rows)
+    return (f"vs TRL DPOTrainer, {len(rows)} model × loss rows: tokens per CPU-s {min(speed):.2f}–{max(speed):.2f}×, "
+            f"peak RSS {min(memory):.2f}–{max(memory):.2f}×, goal (≥ 1.5×, < 1×) met on {met}/{len(rows)}; "
+            f"max |Δ loss| steps 1–10 {max(r['max_abs_diff'] for r in rows):.1e} (n = {n_runs} run per row)")
+
+
 HEADLINES = {  # results file → headline function
     "bench_search": bench_search,
     "bench_search_timing": bench_search_timing,
+    "bench_decode": bench_decode,
     "score_family_sentiment": score_family,
     "score_family_sentiment_plain": score_family,
     "score_family_arithmetic": score_family,
     "tasks": tasks,
     "credit": credit,
     "likelihood_dynamics": likelihood_dynamics,
+    "vs_trl": vs_trl,
 }
 
 

@@ -75,7 +75,7 @@ V32K = dict(vocab_size=32000, hidden_size=256, num_hidden_layers=2, num_attentio
 # Gemma-2-shaped: soft-capped final logits y = c·tanh(z/c), √H-scaled embeddings, GeGLU MLP, sandwich norms,
 # query_pre_attn_scalar; full attention in both layers (no sliding window); a 16k vocabulary (Gemma-2's is 256k,
 # out of reach on 2 CPU cores). The LM head is scaled ×GEMMA_HEAD_GAIN after init so the raw logits (std ~1.1,
-# tails ~4.5) reach the cap's curved region (c = 3): with random-init logits (std ~0.2) the cap would be the
+# tails ~5) reach the cap's curved region (c = 3): with random-init logits (std ~0.2) the cap would be the
 # identity. A larger gain makes the distribution so peaked that WPO's weights underflow to ~0.
 GEMMA2 = dict(vocab_size=16384, hidden_size=128, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
               head_dim=32, query_pre_attn_scalar=32, intermediate_size=512, max_position_embeddings=512,
