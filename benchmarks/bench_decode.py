@@ -35,7 +35,8 @@ threads, min of `repeats`. Target: step_ms ≤ 3 × floor_ms.
 Rows: {"arm", "model", "prompts", "new_tokens", "width", "tokens", "ours_s", "hf_ref_s", "time_ratio",
 "speed_vs_hf", "same", "n", "ours_times", "hf_times"} for sample/beam; {"arm": "decode_step", "model", "batch",
 "context", "step_ms", "floor_ms", "bound", "ratio_to_floor", "weight_bytes", "kv_bytes", "flops",
-"copy_gbps", "matmul_gflops", "n"} for the step. Times are min over n interleaved runs (no interval: wall times on
+"copy_gbps", "matmul_gflops", "n", "read_gbps", "floor_read_ms"} for the step (read_gbps: N/t of a sum over the
+copy's source, floor_read_ms: the floor with it instead of the copy bandwidth; a reference figure, not the target's). Times are min over n interleaved runs (no interval: wall times on
 a shared machine are indicative; compare rows of the same run).
 """
 
@@ -137,12 +138,13 @@ def bench_beam_k(pair: Pair, prompts, k: int, max_new: int, repeats: int) -> tup
 
 
 # ---- one decode step against its floor ----------------------------------------------------------------------
-def machine_rates(repeats: int, copy_mib: int = 128, n: int = 1024) -> tuple[float, float]:
-    """(copy bandwidth in bytes/s, 2·N/t; fp32 matmul rate in FLOP/s, 2·n³/t), min time of `repeats`."""
+def machine_rates(repeats: int, copy_mib: int = 128, n: int = 1024) -> tuple[float, float, float]:
+    """(copy bandwidth in bytes/s, 2·N/t; fp32 matmul rate in FLOP/s, 2·n³/t; read bandwidth N/t of a sum over
+    the same N bytes, for reference only), min time of `repeats`."""
     src = torch.rand(copy_mib * 2**20 // 4)
     dst = torch.empty_like(src)
     a, b = torch.rand(n, n), torch.rand(n, n)
-    t_copy = t_mm = float("inf")
+    t_copy = t_mm = t_read = float("inf")
     for _ in range(max(repeats, 3)):
         t0 = time.perf_counter()
         dst.copy_(src)
@@ -150,7 +152,10 @@ def machine_rates(repeats: int, copy_mib: int = 128, n: int = 1024) -> tuple[flo
         t0 = time.perf_counter()
         torch.mm(a, b)
         t_mm = min(t_mm, time.perf_counter() - t0)
-    return 2 * src.numel() * 4 / t_copy, 2 * n ** 3 / t_mm
+        t0 = time.perf_counter()
+        src.sum()
+        t_read = min(t_read, time.perf_counter() - t0)
+    return 2 * src.numel() * 4 / t_copy, 2 * n ** 3 / t_mm, src.numel() * 4 / t_read
 
 
 def step_cost(model: torch.nn.Module, batch: int, context: int) -> dict:
@@ -178,7 +183,7 @@ def floor_seconds(cost: dict, copy_bps: float, matmul_fps: float) -> tuple[float
     return max(mem, comp), ("memory" if mem >= comp else "compute")
 
 
-def bench_step(pair: Pair, batch: int, context: int, repeats: int, rates: tuple[float, float]) -> dict:
+def bench_step(pair: Pair, batch: int, context: int, repeats: int, rates: tuple[float, float, float]) -> dict:
     """Min time of `PairScorer.step` (both models, one token per row) from a prefilled `context`-token cache."""
     scorer = PairScorer(pair.policy, pair.reference, beta=BETA, pad_token_id=pair.pad)
     g = torch.Generator().manual_seed(batch)
@@ -193,10 +198,12 @@ def bench_step(pair: Pair, batch: int, context: int, repeats: int, rates: tuple[
         best = min(best, time.perf_counter() - t0)
     costs = [step_cost(m, batch, context) for m in (pair.policy, pair.reference)]
     cost = {k: sum(c[k] for c in costs) for k in costs[0]}
-    floor, bound = floor_seconds(cost, *rates)
+    floor, bound = floor_seconds(cost, rates[0], rates[1])
+    floor_read, _ = floor_seconds(cost, rates[2], rates[1])  # with the read-only bandwidth: a reference figure
     return dict(arm="decode_step", model=pair.name, batch=batch, context=context, step_ms=round(1e3 * best, 6),
                 floor_ms=round(1e3 * floor, 6), bound=bound, ratio_to_floor=round(best / floor, 4), **cost,
-                copy_gbps=round(rates[0] / 1e9, 4), matmul_gflops=round(rates[1] / 1e9, 4), n=repeats)
+                copy_gbps=round(rates[0] / 1e9, 4), matmul_gflops=round(rates[1] / 1e9, 4), n=repeats,
+                read_gbps=round(rates[2] / 1e9, 4), floor_read_ms=round(1e3 * floor_read, 6))
 
 
 # ---- driver ------------------------------------------------------------------------------------------------
