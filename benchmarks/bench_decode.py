@@ -29,15 +29,16 @@ embedding reads only B rows, so it is left out), KV = layers · 2 · kv_heads ·
 convention) and matmul_rate = 2 · n³ / t of an n = 1024 fp32 matmul, both measured in the same run, same
 threads, min of `repeats`. Target: step_ms ≤ 3 × floor_ms.
 
-    python -m benchmarks.bench_decode --workdir /tmp/smollm2_conv   # real SmolLM2-135M; writes results/bench_decode.json
-    python -m benchmarks.bench_decode --quick                       # tiny random model, asserts, writes nothing
+    python -m benchmarks.bench_decode --workdir /tmp/smollm2   # real SmolLM2-135M; writes results/bench_decode.json
+    python -m benchmarks.bench_decode --quick                  # tiny random model, writes nothing
 
 Rows: {"arm", "model", "prompts", "new_tokens", "width", "tokens", "ours_s", "hf_ref_s", "time_ratio",
 "speed_vs_hf", "same", "n", "ours_times", "hf_times"} for sample/beam; {"arm": "decode_step", "model", "batch",
 "context", "step_ms", "floor_ms", "bound", "ratio_to_floor", "weight_bytes", "kv_bytes", "flops",
 "copy_gbps", "matmul_gflops", "n", "read_gbps", "floor_read_ms"} for the step (read_gbps: N/t of a sum over the
-copy's source, floor_read_ms: the floor with it instead of the copy bandwidth; a reference figure, not the target's). Times are min over n interleaved runs (no interval: wall times on
-a shared machine are indicative; compare rows of the same run).
+copy's source; floor_read_ms: the floor with it instead of the copy bandwidth, a reference figure, not the
+target's). Times are min over n interleaved runs (no interval: wall times on a shared machine are indicative;
+compare rows of the same run).
 """
 
 from __future__ import annotations
