@@ -88,7 +88,7 @@ def bench_decode(rows: list[dict]) -> str:
     arms = [f"{'sampling' if r['arm'] == 'sample' else 'beam-' + str(r['width'])} {r['speed_vs_hf']:.2f}×"
             for r in rows if r["arm"] in ("sample", "beam")]
     n = max(r["n"] for r in rows if r["arm"] in ("sample", "beam"))
-    steps = [f"B={r['batch']} {r['ratio_to_floor']:.1f}×" for r in rows if r["arm"] == "decode_step"]
+    steps = [f"B={r['batch']} {r['ratio_to_floor']:.2f}×" for r in rows if r["arm"] == "decode_step"]
     return (f"{rows[0]['model']}: speed vs generate + ref pass " + ", ".join(arms) + f" (min of n = {n}; target "
             "≥ 1.0×); decode step / floor " + ", ".join(steps) + " (target ≤ 3×)")
 

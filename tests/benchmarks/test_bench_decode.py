@@ -98,4 +98,4 @@ def test_headline_reads_the_rows(quick_rows):
     text = headline(quick_rows)
     assert f"sampling {quick_rows[0]['speed_vs_hf']:.2f}×" in text
     assert f"beam-3 {quick_rows[2]['speed_vs_hf']:.2f}×" in text
-    assert f"B=4 {quick_rows[4]['ratio_to_floor']:.1f}×" in text and "n = 2" in text
+    assert f"B=4 {quick_rows[4]['ratio_to_floor']:.2f}×" in text and "n = 2" in text
