@@ -11,19 +11,28 @@
     TRL reads it with `train_sampling_strategy="sequential"`;
   * torch AdamW (fused: `optim="adamw_torch_fused"`, as tokendpo's optimizer) with the same lr / betas / eps /
     weight decay 0, transformers' cosine schedule with the same warmup, the same batch size, no gradient
-    accumulation, clipping at 1.0, the sigmoid loss with the same β, no dropout, fp32 on CPU, no gradient
-    checkpointing and no bf16 (TRL's DPOConfig defaults both on: set off here).
+    accumulation, clipping at 1.0, the same loss (`LOSSES`: TRL's `loss_type` / `loss_weights` / `use_weighting`,
+    tokendpo's flags of the same names) with the same β, no dropout, fp32 on CPU, no gradient checkpointing and no
+    bf16 (TRL's DPOConfig defaults both on: set off here);
+  * TRL's own fused LM head: DPOTrainer 1.16 always patches the model with `trl.trainer.utils.add_fused_lm_head`
+    (chunked per-token log-probs, and log Σ_v p_v² for WPO); DPOConfig has no switch to turn it off.
+
+Cases: model × loss, the losses being apo_zero, sigmoid + 0.5·sft (a weighted mixture) and sigmoid with WPO
+weighting. Results: benchmarks/results/vs_trl.json, one row per case: {"model", "loss", "speed_ratio" (tokendpo
+over TRL, tokens per CPU-second over steps 2..N), "memory_ratio" (peak RSS), "max_abs_diff" (|Δ loss| over steps
+1..10), "speed_ratios", "memory_ratios" (each run's), "n_runs", "steps", "tokens_per_run"}.
 
 Models (random init, seed 0, saved with safetensors):
   tiny-llama   tokendpo's preset: H=32, 2 layers, V=260. Framework overhead dominates.
   llama-v32k   Llama, V=32000, H=256, 2 layers, 4 heads, MLP 1024: the LM head (8.2M of ~18.5M parameters;
                ~4x the body's FLOPs per token) dominates.
-Tokenizer: tokendpo's byte-level tokenizer (260 ids) for both models. For llama-v32k the rows 260..31999 are
+  gemma2-softcap  Gemma-2-shaped (`GEMMA2`): final_logit_softcapping 3, V=16384, H=128, 2 full-attention layers.
+Tokenizer: tokendpo's byte-level tokenizer (260 ids) for every model. For llama-v32k the rows 260..31999 are
 never targets but enter every softmax, so the LM-head cost is that of a real 32k vocabulary; tokenisation does
 not change the compute, and byte-level ids make "same tokens" exact by construction (and checked).
 
-A third framework row, `tokendpo+packing`, is tokendpo with `--packing` (padding-free rows; TRL 1.16 has
-disabled its `padding_free`): the same job through tokendpo's other batch layout.
+With `--packing`, a third framework row, `tokendpo+packing`, is tokendpo with `--packing` (padding-free rows;
+TRL 1.16 has disabled its `padding_free`): the same job through tokendpo's other batch layout.
 
 Each framework × model × repetition runs in a FRESH subprocess with the same torch thread count (`--threads`,
 default 1); repetitions reverse the order (A B C, C B A) so a load change on the shared machine hits all alike.
@@ -39,8 +48,8 @@ Reported per run:
   * the logged metrics of every step; steps 1-10 are compared, and step 1's batch is replayed through one body
     with both LM heads and float64 to account for the differences (`logps_accuracy`).
 
-    python -m benchmarks.vs_trl             # both models 50 steps × 2 runs; writes benchmarks/RESULTS_vs_trl.md
-    python -m benchmarks.vs_trl --quick     # <= 60 s: tiny-llama, 6 steps, tokendpo vs trl; asserts agreement
+    python -m benchmarks.vs_trl             # 3 models × 3 losses, 10 steps × 1 run: RESULTS_vs_trl.md + results json
+    python -m benchmarks.vs_trl --quick     # 2 cases, 6 steps; asserts agreement; writes no results file
 """
 
 from __future__ import annotations
@@ -49,7 +58,6 @@ import argparse
 import json
 import math
 import os
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -64,6 +72,7 @@ from benchmarks.vs_trl_report import (
     compare,
     misses,
     report,
+    result_rows,
 )
 
 REPO = Path(__file__).resolve().parents[1]
@@ -418,28 +427,6 @@ def parse_cases(args) -> list[tuple[str, str]]:
             raise ValueError(f"{flag}: unknown {unknown}; choose from {', '.join(known)}")
         chosen.append(names)
     return [(m, loss) for m in chosen[0] for loss in chosen[1]]
-
-
-def result_rows(runs: dict, preps: dict) -> list[dict]:
-    """One row per model × loss for benchmarks/results/vs_trl.json: tokendpo over TRL, medians over runs.
-
-    speed_ratio: tokens per CPU-second over steps 2..N; memory_ratio: peak RSS (VmHWM); max_abs_diff: max |Δ loss|
-    over steps 1..10 of run 1. Each run is one pair of fresh processes, so `n_runs` is the n of the ratios (no
-    interval is possible from one run; the per-run ratios are listed)."""
-    from benchmarks.vs_trl_report import throughput
-
-    rows = []
-    for case, reps in runs.items():
-        st = preps[case]["step_tokens"]
-        speed = [throughput(r["results"]["tokendpo"], st)["cpu"] / throughput(r["results"]["trl"], st)["cpu"]
-                 for r in reps]
-        memory = [r["results"]["tokendpo"]["peak_rss"] / r["results"]["trl"]["peak_rss"] for r in reps]
-        rows.append({"model": preps[case]["model"], "loss": preps[case]["loss"],
-                     "speed_ratio": statistics.median(speed), "memory_ratio": statistics.median(memory),
-                     "max_abs_diff": reps[0]["diffs"]["tokendpo"]["loss"][0], "speed_ratios": speed,
-                     "memory_ratios": memory, "n_runs": len(reps), "steps": preps[case]["steps"],
-                     "tokens_per_run": sum(st)})
-    return rows
 
 
 def run(argv: list[str]) -> dict:

@@ -62,6 +62,26 @@ def misses(diffs: dict[str, tuple[float, float]]) -> dict[str, str]:
     return out
 
 
+def result_rows(runs: dict, preps: dict) -> list[dict]:
+    """One row per model × loss for benchmarks/results/vs_trl.json: tokendpo over TRL, medians over runs.
+
+    speed_ratio: tokens per CPU-second over steps 2..N; memory_ratio: peak RSS (VmHWM); max_abs_diff: max |Δ loss|
+    over steps 1..10 of run 1. Each run is one pair of fresh processes, so `n_runs` is the n of the ratios (no
+    interval is possible from one run; the per-run ratios are listed)."""
+    rows = []
+    for case, reps in runs.items():
+        st = preps[case]["step_tokens"]
+        speed = [throughput(r["results"]["tokendpo"], st)["cpu"] / throughput(r["results"]["trl"], st)["cpu"]
+                 for r in reps]
+        memory = [r["results"]["tokendpo"]["peak_rss"] / r["results"]["trl"]["peak_rss"] for r in reps]
+        rows.append({"model": preps[case]["model"], "loss": preps[case]["loss"],
+                     "speed_ratio": statistics.median(speed), "memory_ratio": statistics.median(memory),
+                     "max_abs_diff": reps[0]["diffs"]["tokendpo"]["loss"][0], "speed_ratios": speed,
+                     "memory_ratios": memory, "n_runs": len(reps), "steps": preps[case]["steps"],
+                     "tokens_per_run": sum(st)})
+    return rows
+
+
 # ------------------------------------------------------------------------------------------ report
 
 def _mib(x: float) -> str:
