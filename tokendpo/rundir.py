@@ -26,8 +26,8 @@ _RUN_FILES = RUN_MARKERS + (
     "data_stats.json", "config.json", "generation_config.json", "model.safetensors", "model.safetensors.index.json",
     "adapter_config.json", "adapter_model.safetensors", "tokenizer.json", "tokenizer_config.json",
     "special_tokens_map.json", "chat_template.jinja", "tokenizer.model", "vocab.json", "merges.txt",
-    "added_tokens.json", "README.md",
-)
+    "added_tokens.json",
+)  # not README.md: peft writes one with an adapter, but a user's own README.md must never be deleted
 _RUN_GLOBS = ("checkpoint-*", ".tmp-checkpoint-*", "model-*-of-*.safetensors", ".tmp-final*", "ref_cache")
 
 
