@@ -112,11 +112,13 @@ def test_each_marker_makes_a_dir_hold_a_run(tmp_path, marker):
 
 def test_overwrite_deletes_only_tokendpo_files(tiny_model_dir, data, finished_run):
     (finished_run / "notes.txt").write_text("the user's own file")
+    (finished_run / "README.md").write_text("the user's own notes")
     assert main(argv(tiny_model_dir, data, finished_run, "--max_steps", "2", "--overwrite_output_dir")) == 0
     assert not list(finished_run.glob("checkpoint-*"))  # the old run's checkpoints are gone, none mixed in
     rows = [json.loads(x) for x in (finished_run / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in rows if "loss" in r] == [1, 2]
     assert (finished_run / "notes.txt").read_text() == "the user's own file"
+    assert (finished_run / "README.md").read_text() == "the user's own notes"
 
 
 def test_resume_policy_continues_the_newest_checkpoint_or_clears(tiny_model_dir, data, finished_run, tmp_path):
