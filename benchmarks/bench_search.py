@@ -43,6 +43,7 @@ from datetime import datetime, timezone
 
 import torch
 
+from benchmarks.results_file import git_commit
 from search.beam import beam_search
 from search.kvpool import KVPool
 from search.mcts import expected_live_slots, mcts
@@ -387,14 +388,6 @@ def interleaved(args) -> list[dict]:
     return best
 
 
-def _commit() -> str:
-    try:
-        return subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True,
-                              cwd=os.path.dirname(os.path.abspath(__file__))).stdout.strip()
-    except OSError:
-        return ""
-
-
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m benchmarks.bench_search", description=__doc__.split("\n\n")[0])
     ap.add_argument("--quick", action="store_true", help="tiny-llama, in-process; asserts agreement; writes nothing")
@@ -453,7 +446,7 @@ def main(argv: list[str] | None = None) -> int:
     os.makedirs(os.path.dirname(os.path.abspath(args.output)), exist_ok=True)
     tmp = args.output + ".tmp"
     with open(tmp, "w", encoding="utf-8") as fh:
-        json.dump({"rows": slim, "command": cmd.strip(), "commit": _commit(),
+        json.dump({"rows": slim, "command": cmd.strip(), "commit": git_commit(),
                    "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
                    "machine": f"{platform.machine()}, {os.cpu_count()} CPUs, torch {torch.__version__}",
                    "agreement": "cached and re-encoding MCTS decode identical tokens" if not problems else problems},

@@ -47,6 +47,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from benchmarks.results_file import git_commit
+
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS_JSON = ROOT / "benchmarks" / "results" / "gpu_check.json"
 RESULTS_MD = ROOT / "benchmarks" / "RESULTS_gpu.md"
@@ -454,14 +456,6 @@ def markdown(result: dict, machine: str, dry_run: bool) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _commit() -> str:
-    try:
-        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True,
-                              check=True).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown"
-
-
 def _atomic_write(path: Path, text: str) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(path.suffix + ".tmp")
@@ -507,7 +501,7 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="gpu_check-") as tmp:
         result = run_checks(plan, Path(tmp), timeout=args.timeout)
     result.update(command="python -m benchmarks.gpu_check" + (" --dry_run" if args.dry_run else ""),
-                  commit=_commit(), date=time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), machine=machine)
+                  commit=git_commit(), date=time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), machine=machine)
     _atomic_write(json_path, json.dumps(result, indent=1) + "\n")
     _atomic_write(md_path, markdown(result, machine, args.dry_run))
     print(markdown(result, machine, args.dry_run))

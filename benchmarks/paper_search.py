@@ -31,7 +31,6 @@ import datetime
 import json
 import math
 import platform
-import subprocess
 import sys
 import time
 from dataclasses import dataclass, field
@@ -39,6 +38,7 @@ from pathlib import Path
 
 import torch
 
+from benchmarks.results_file import git_commit
 from benchmarks.paired import ROW_KEYS, comparison_rows
 from search import scoring
 from search.config import SearchConfig
@@ -379,14 +379,6 @@ def machine() -> str:
             f"({cpu}), torch {torch.__version__}")
 
 
-def commit() -> str:
-    try:
-        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
-                              cwd=Path(__file__).parent, check=True).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown"
-
-
 def paired_rows(rows: list[dict]) -> tuple[list[dict], list[dict]]:
     """Per (task, β, checkpoint) of the DPO policies: every decoder against the policy's own temperature-1 sample
     and against the best likelihood decoder within ±25 % forward tokens (`benchmarks.paired`, row keys ROW_KEYS).
@@ -416,7 +408,7 @@ def paired_table(compared: list[dict], unmatched: list[dict]) -> list[str]:
 
 def report(rows: list[dict], out: Path, command: str, *, plot: bool = True) -> str:
     add_ceiling(rows)
-    lines = [f"paper search experiment — {datetime.date.today()} — {machine()} — commit {commit()}", "",
+    lines = [f"paper search experiment — {datetime.date.today()} — {machine()} — commit {git_commit()}", "",
              f"command: `{command}`", ""]
     lines += ["Win rate vs SFT temperature-1 samples (mean gold reward):", ""] + pivot(rows)
     lines += ["", "All metrics:", ""] + table(rows)
@@ -503,7 +495,7 @@ def main(argv: list[str] | None = None) -> int:
     print(report(rows, out, command))
     if not a.quick and a.results:
         compared, unmatched = paired_rows(rows)
-        doc = {"rows": compared, "unmatched": unmatched, "command": command, "commit": commit(),
+        doc = {"rows": compared, "unmatched": unmatched, "command": command, "commit": git_commit(),
                "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")}
         path = Path(a.results)
         path.parent.mkdir(parents=True, exist_ok=True)

@@ -18,9 +18,7 @@ from __future__ import annotations
 
 import argparse
 import datetime
-import json
 import os
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -28,6 +26,7 @@ from pathlib import Path
 import torch
 
 from benchmarks.paired import comparison_rows
+from benchmarks.results_file import git_commit, write_results
 from search import scoring
 from search.config import SearchConfig
 from search.decode import run, trained_against
@@ -124,14 +123,6 @@ def goal_met(compared: list[dict]) -> list[str]:
     return sorted(d for d, bases in ok.items() if bases == {"sample", "best_likelihood"})
 
 
-def _commit() -> str:
-    try:
-        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=HERE,
-                              check=True).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown"
-
-
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m benchmarks.score_family", description=__doc__.split("\n\n")[0])
     ap.add_argument("--policy", default="outputs/default/dpo")
@@ -173,19 +164,14 @@ def main(argv: list[str] | None = None) -> int:
     for c in compared:
         c["gold"] = gold[c["decoder"]]
     setup = (f"policy {a.policy} against {ref}, β = {beta:g}, task {a.task}: {len(prompts)} held-out prompts, "
-             f"commit {_commit()}, {torch.get_num_threads()} torch thread(s). Gold: the task's gold reward of the "
+             f"commit {git_commit()}, {torch.get_num_threads()} torch thread(s). Gold: the task's gold reward of the "
              f"decoded text; fwd: forward tokens per prompt (policy + reference positions).")
     text = markdown(measured, compared, unmatched, command, setup)
     print(text)
     if not a.quick:
         name = f"score_family_{a.task}" + (f"_{a.tag}" if a.tag else "")
         (HERE / f"RESULTS_{name}.md").write_text(text)
-        (HERE / "results").mkdir(exist_ok=True)
-        doc = {"rows": compared, "command": command, "commit": _commit(),
-               "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")}
-        tmp = HERE / "results" / f"{name}.json.tmp"
-        tmp.write_text(json.dumps(doc, indent=1) + "\n")
-        os.replace(tmp, HERE / "results" / f"{name}.json")
+        write_results(name, compared, command)
     return 0
 
 
