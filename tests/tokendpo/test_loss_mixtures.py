@@ -1,7 +1,7 @@
 """Loss mixtures and the options that act on every loss: f-divergences, LD-DPO, WPO weights — hand-worked, their
 refusals, their config flags, and training runs that log each component and agree across kernel implementations.
 
-(TRL 1.16's DPOTrainer is the oracle for all of these on random batches in tests/tokendpo/test_losses.py.)
+(TRL 1.16's DPOTrainer is the oracle for all of these on random batches in tests/tokendpo/test_losses_trl.py.)
 """
 
 import json
@@ -35,7 +35,7 @@ def _close(actual, expected, tol=1e-12):
                                rtol=tol, atol=tol)
 
 
-# The running example of test_losses.py: π_c = −10, π_r = −14, ref_c = −12, ref_r = −13, β = 0.1,
+# The running example of test_losses_*.py: π_c = −10, π_r = −14, ref_c = −12, ref_r = −13, β = 0.1,
 # ρ_c = 2, ρ_r = −1, βh = 0.3.
 PAIR = {"policy_chosen_logps": t64(-10.0), "policy_rejected_logps": t64(-14.0),
         "reference_chosen_logps": t64(-12.0), "reference_rejected_logps": t64(-13.0)}
