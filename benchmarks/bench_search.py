@@ -63,6 +63,7 @@ class Pair:
     eos: int
     pad: int
     special: int  # ids below this are not used in random prompts
+    tokenizer: object = None  # set for checkpoints with a tokenizer (needed by --chat_prompts)
 
 
 def build_pair(name: str, workdir: str) -> Pair:
@@ -213,40 +214,72 @@ def make_pair(model: str, dirs: dict | None) -> Pair:
     pol, ref = (load_model(dirs[k]).eval() for k in ("policy", "reference"))
     tok = load_tokenizer(dirs["policy"])
     special = max(tok.all_special_ids) + 1  # random prompts use ids above every special token
-    return Pair(model, pol, ref, eos=tok.eos_token_id, pad=tok.pad_token_id, special=special)
+    return Pair(model, pol, ref, eos=tok.eos_token_id, pad=tok.pad_token_id, special=special, tokenizer=tok)
 
 
-def measure(pair: Pair, cfg: dict, *, prompt_len: int, beta: float = 0.1, topk: int = 8, seed: int = 0) -> dict:
-    """Run one configuration once in this process; peak memory is meaningful only in a fresh process."""
-    prompts = random_prompts(pair, cfg["prompts"], prompt_len, seed)
+def chat_prompts(pair: Pair, n: int, path: str, max_chars: int = 200) -> list[list[int]]:
+    """The first n distinct first human turns (≤ max_chars characters, file order) of an HH-RLHF file, rendered
+    as a user turn + generation prompt with the tokenizer's chat template, as `search.decode --chat_template`."""
+    from pathlib import Path
+
+    from benchmarks.real_sentiment import first_human_turns
+    from search.decode import encode_prompt
+
+    if pair.tokenizer is None:
+        raise ValueError(f"--chat_prompts needs a model with a tokenizer (smollm2 or a preset), not {pair.name}")
+    turns = first_human_turns(Path(path), max_chars)
+    if len(turns) < n:
+        raise ValueError(f"{path}: {len(turns)} first human turns of <= {max_chars} chars, {n} needed")
+    return [encode_prompt(pair.tokenizer, t, chat_template=True) for t in turns[:n]]
+
+
+def measure(pair: Pair, cfg: dict, *, prompt_len: int, beta: float = 0.1, topk: int = 8, seed: int = 0,
+            chat: str | None = None) -> dict:
+    """Run one configuration once in this process; peak memory is meaningful only in a fresh process.
+
+    chat: an HH-RLHF file whose first human turns (chat template) replace the random prompts; special tokens
+    but EOS are then banned from the search, as `search.decode` does. The row records the peak extra memory
+    (VmHWM − RSS before the search) and the TOTAL peak RSS: max(the load peak, the search's peak)."""
+    banned: list[int] = []
+    if chat:
+        from search.scoring import banned_token_ids
+
+        prompts = chat_prompts(pair, cfg["prompts"], chat)
+        banned = banned_token_ids(pair.tokenizer, pair.policy.get_output_embeddings().weight.shape[0])
+    else:
+        prompts = random_prompts(pair, cfg["prompts"], prompt_len, seed)
     scorer = PairScorer(pair.policy, pair.reference, beta=beta, pad_token_id=pair.pad)
     pool = None
     # warm-up: weights loaded from safetensors are memory-mapped and paged in by the first forward; touch them
     # all now so that the measured peak is the search's, not the model's
     scorer.prefill([prompts[0][:4]], ForwardCounter(1))
     gc.collect()
-    base = _status_bytes("VmRSS")
+    base, load_peak = _status_bytes("VmRSS"), _status_bytes("VmHWM")
     reset = _reset_peak_rss()
     t0 = time.perf_counter()
     with torch.no_grad():
         if cfg["decoder"] == "beam":
             out = beam_search(scorer, prompts, num_beams=cfg["width"], max_new_tokens=cfg["new_tokens"],
-                              eos_token_id=pair.eos, score="implicit")
+                              eos_token_id=pair.eos, score="implicit", banned_tokens=banned)
         else:
             cached = cfg["decoder"] == "mcts"
             pool = KVPool(capacity=expected_live_slots([len(p) for p in prompts], cfg["new_tokens"], cfg["width"],
                                                        cfg["leaf_batch"])) if cached else None
             out = mcts(scorer, prompts, max_new_tokens=cfg["new_tokens"], eos_token_id=pair.eos,
                        simulations=cfg["width"], topk=topk, score="implicit", reuse_cache=cached,
-                       leaf_batch=cfg["leaf_batch"], pool=pool)
+                       leaf_batch=cfg["leaf_batch"], pool=pool, banned_tokens=banned)
     seconds = round(time.perf_counter() - t0, 3)
-    peak = (_status_bytes("VmHWM") if reset else 0) - base
+    hwm = _status_bytes("VmHWM")
+    peak = (hwm if reset else 0) - base
     fwd = sum(d.forward_tokens for d in out)
     row = dict(model=pair.name, decoder=cfg["decoder"], prompts=cfg["prompts"], width=cfg["width"],
                new_tokens=cfg["new_tokens"], peak_extra_mb=round(max(peak, 0) / 2**20, 1) if reset else None,
                seconds=seconds, forward_tokens=fwd, ms_per_forward_token=round(1e3 * seconds / fwd, 4),
                leaf_batch=cfg["leaf_batch"] if cfg["decoder"] != "beam" else None, runs=1,
-               prompt_len=f"{max(1, prompt_len // 2)}-{prompt_len}", generated=sum(len(d.token_ids) for d in out),
+               peak_total_mb=round(max(hwm, load_peak) / 2**20, 1), load_peak_mb=round(load_peak / 2**20, 1),
+               prompt_len=f"{min(map(len, prompts))}-{max(map(len, prompts))}",
+               prompt_source="HH-RLHF first human turns, chat template" if chat else "random non-special ids",
+               generated=sum(len(d.token_ids) for d in out),
                token_ids=[d.token_ids for d in out], token_rewards=[d.token_rewards for d in out])
     if pool is not None:
         row.update(pool_peak_slots=pool.peak_live, pool_mb=round(pool.nbytes() / 2**20, 1))
@@ -256,11 +289,12 @@ def measure(pair: Pair, cfg: dict, *, prompt_len: int, beta: float = 0.1, topk: 
 def worker(spec: dict) -> None:
     torch.set_num_threads(spec["threads"])
     pair = make_pair(spec["model"], spec.get("dirs"))
-    print(json.dumps(measure(pair, spec["cfg"], prompt_len=spec["prompt_len"])))
+    print(json.dumps(measure(pair, spec["cfg"], prompt_len=spec["prompt_len"], chat=spec.get("chat"))))
 
 
-def run_fresh(model: str, dirs: dict | None, cfg: dict, prompt_len: int, threads: int, timeout: float) -> dict:
-    spec = dict(model=model, dirs=dirs, cfg=cfg, prompt_len=prompt_len, threads=threads)
+def run_fresh(model: str, dirs: dict | None, cfg: dict, prompt_len: int, threads: int, timeout: float,
+              chat: str | None = None) -> dict:
+    spec = dict(model=model, dirs=dirs, cfg=cfg, prompt_len=prompt_len, threads=threads, chat=chat)
     cmd = [sys.executable, "-m", "benchmarks.bench_search", "--worker", json.dumps(spec)]
     try:
         res = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout,
@@ -300,15 +334,16 @@ def prepare_smollm2(workdir: str) -> dict:
 
 
 def render_rows(rows: list[dict]) -> str:
-    lines = ["| model | decoder | prompts | width | leaf batch | new tokens | peak extra MB | seconds | forward tokens "
-             "| ms / forward token | pool peak slots |", "|---|---|---|---|---|---|---|---|---|---|---|"]
+    lines = ["| model | decoder | prompts | width | leaf batch | new tokens | peak extra MB | peak total MB | seconds "
+             "| forward tokens | ms / forward token | pool peak slots |", "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         if "error" in r:
             lines.append(f"| {r['model']} | {r['decoder']} | {r['prompts']} | {r['width']} | {r.get('leaf_batch')} | "
-                         f"{r['new_tokens']} | — | — | — | — | {r['error']} |")
+                         f"{r['new_tokens']} | — | — | — | — | — | {r['error']} |")
             continue
         lines.append(f"| {r['model']} | {r['decoder']} | {r['prompts']} | {r['width']} | {r['leaf_batch'] or '—'} | "
-                     f"{r['new_tokens']} | {r['peak_extra_mb']} | {r['seconds']} | {r['forward_tokens']} | "
+                     f"{r['new_tokens']} | {r['peak_extra_mb']} | {r.get('peak_total_mb', '—')} | {r['seconds']} | "
+                     f"{r['forward_tokens']} | "
                      f"{r['ms_per_forward_token']} | {r.get('pool_peak_slots', '—')} |")
     return "\n".join(lines)
 
@@ -354,7 +389,7 @@ def run_grid(args) -> list[dict]:
                         for k, s in (("policy", 0), ("reference", 1))}
             for cfg in parse_grid(args.grid):
                 t0 = time.perf_counter()
-                row = run_fresh(model, dirs, cfg, args.prompt_len, args.threads, args.timeout)
+                row = run_fresh(model, dirs, cfg, args.prompt_len, args.threads, args.timeout, args.chat_prompts)
                 rows.append(row)
                 print(f"[{time.perf_counter() - t0:.0f} s] {json.dumps({k: row.get(k) for k in ROW_KEYS})}",
                       file=sys.stderr, flush=True)
@@ -378,7 +413,7 @@ def interleaved(args) -> list[dict]:
         best: list[dict | None] = [None] * len(cfgs)
         for _ in range(args.repeats):
             for i, cfg in enumerate(cfgs):
-                row = measure(pair, cfg, prompt_len=args.prompt_len)
+                row = measure(pair, cfg, prompt_len=args.prompt_len, chat=args.chat_prompts)
                 row["peak_extra_mb"] = None  # not a fresh process
                 if best[i] is None or row["seconds"] < best[i]["seconds"]:
                     best[i] = row
@@ -398,6 +433,8 @@ def main(argv: list[str] | None = None) -> int:
                                                               "small-llama")
     ap.add_argument("--grid", default=DEFAULT_GRID, help="decoder:prompts:width:new_tokens[:leaf_batch],...")
     ap.add_argument("--prompt_len", type=int, default=64, help="prompts have prompt_len/2..prompt_len tokens")
+    ap.add_argument("--chat_prompts", metavar="FILE", help="real prompts instead of random ids: the first human "
+                    "turns of this HH-RLHF .jsonl(.gz), through the model's chat template (needs smollm2 or a preset)")
     ap.add_argument("--threads", type=int, default=1, help="torch intra-op threads per configuration")
     ap.add_argument("--timeout", type=float, default=1800, help="seconds per configuration")
     ap.add_argument("--output", default="benchmarks/results/bench_search.json")
