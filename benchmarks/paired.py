@@ -103,7 +103,8 @@ def comparison_rows(rows: Sequence[dict], *, n_boot: int = 2000, seed: int = 0) 
             out.append(compare(r, sample, "sample", sample, n_boot=n_boot, seed=seed))
             base = matched_baseline(r["forward_tokens"], [c for c in likelihood if c is not r])
             if base is None:
-                unmatched.append({"task": task, "policy": policy, "decoder": r["decoder"],
+                unmatched.append({"task": task, "policy": policy, "decoder": r["decoder"], "score": r["score"],
+                                  "ref_weight": r["ref_weight"], "support": r["support"],
                                   "forward_tokens": r["forward_tokens"]})
             else:
                 out.append(compare(r, base, "best_likelihood", sample, n_boot=n_boot, seed=seed))
