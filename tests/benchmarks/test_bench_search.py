@@ -33,3 +33,36 @@ def test_quick_writes_nothing_and_bad_grid_is_an_error(tmp_path, capsys):
     assert "| tiny-llama | mcts |" in capsys.readouterr().out
     assert bench_search.main(["--grid", "mcts:2:x:4", "--output", str(out)]) == 2
     assert "error:" in capsys.readouterr().err and not out.exists()
+
+
+def _hh_file(path, turns):
+    import gzip
+    import json
+
+    with gzip.open(path, "wt", encoding="utf-8") as fh:
+        for t in turns:
+            fh.write(json.dumps({"chosen": f"\n\nHuman: {t}\n\nAssistant: ok", "rejected": "x"}) + "\n")
+    return str(path)
+
+
+def test_chat_prompts_are_first_human_turns_through_the_chat_template(tmp_path):
+    from search.scoring import banned_token_ids
+    from tokendpo.modeling import build_preset
+
+    turns = ["how do I bake bread?", "how do I bake bread?", "x" * 300, "tell me a joke", "what is a pen"]
+    path = _hh_file(tmp_path / "hh.jsonl.gz", turns)
+    d = str(build_preset("tiny-llama", tmp_path / "m", seed=0))
+    pair = bench_search.make_pair("tiny-llama", {"policy": d, "reference": d})
+    prompts = bench_search.chat_prompts(pair, 3, path)  # duplicate and > 200-char turns skipped, file order kept
+    for ids, text in zip(prompts, ["how do I bake bread?", "tell me a joke", "what is a pen"]):
+        assert ids == pair.tokenizer.apply_chat_template([{"role": "user", "content": text}],
+                                                         add_generation_prompt=True, tokenize=True)["input_ids"]
+        assert text in pair.tokenizer.decode(ids)
+    with pytest.raises(ValueError, match="3 first human turns"):
+        bench_search.chat_prompts(pair, 4, path)
+    row = bench_search.measure(pair, dict(decoder="mcts", prompts=3, width=4, new_tokens=5, leaf_batch=1),
+                               prompt_len=12, chat=path)
+    banned = set(banned_token_ids(pair.tokenizer, pair.policy.get_output_embeddings().weight.shape[0]))
+    assert row["prompt_source"].startswith("HH-RLHF") and row["generated"] > 0
+    assert not banned & {t for ids in row["token_ids"] for t in ids}
+    assert row["peak_total_mb"] >= row["load_peak_mb"] > 0
