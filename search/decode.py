@@ -29,6 +29,7 @@ from search import scoring
 from search.config import DEFAULT_BETA, SearchConfig
 from search.decoders import DECODERS, get_decoder
 from search.scorer import Decoded, PairScorer
+from tokendpo.data import encode_prompts
 from tokendpo.device import pick_device
 from tokendpo.model_checks import (check_model_fits_tokenizer, check_same_model_vocab, check_same_vocabulary,
                                    max_positions, model_vocab_size)
@@ -176,17 +177,9 @@ def read_prompts(path: str) -> list[str]:
 
 
 def encode_prompt(tokenizer, text: str, chat_template: bool) -> list[int]:
-    """Token ids of a prompt; an empty prompt becomes [BOS] (or [EOS] without BOS) so the models have a start."""
-    if chat_template:
-        ids = tokenizer.apply_chat_template([{"role": "user", "content": text}], add_generation_prompt=True,
-                                            tokenize=True)
-        ids = ids["input_ids"] if isinstance(ids, dict) or hasattr(ids, "keys") else ids
-    else:
-        ids = tokenizer(text)["input_ids"]
-    if not ids:
-        start = tokenizer.bos_token_id if tokenizer.bos_token_id is not None else tokenizer.eos_token_id
-        ids = [start]
-    return list(ids)
+    """Token ids of one prompt as decoding encodes it: `tokendpo.data.encode_prompts` with nonempty=True (an
+    empty prompt becomes [BOS], or [EOS] without BOS, so the models have a start)."""
+    return encode_prompts(tokenizer, [text], chat_template=chat_template, nonempty=True)[0]
 
 
 def decode_batch(scorer: PairScorer, prompts: list[list[int]], cfg: SearchConfig, eos_token_id: int,
@@ -267,7 +260,7 @@ def run(cfg: SearchConfig, policy, reference, tokenizer, texts: list[str], task=
     beta = cfg.beta if cfg.beta is not None else DEFAULT_BETA
     scorer = PairScorer(policy, reference, beta=beta, pad_token_id=tokenizer.pad_token_id)
     banned = scoring.banned_token_ids(tokenizer, model_vocab_size(policy))
-    encoded = [encode_prompt(tokenizer, t, cfg.chat_template) for t in texts]
+    encoded = encode_prompts(tokenizer, texts, chat_template=cfg.chat_template, nonempty=True)
     cfg = dataclasses.replace(cfg, max_new_tokens=cfg.new_tokens(task))
     check_lengths(encoded, (policy, reference), cfg.max_new_tokens, texts)
     decoder = get_decoder(cfg.method)

@@ -137,7 +137,8 @@ class PairScorer:
 
     def _pad_left(self, prefixes: list[list[int]]) -> tuple[torch.Tensor, torch.Tensor]:
         if any(len(p) == 0 for p in prefixes):
-            raise ValueError("a prefix has no tokens; give an empty prompt a BOS/EOS token first (see encode_prompt)")
+            raise ValueError("a prefix has no tokens; give an empty prompt a BOS/EOS token first "
+                             "(tokendpo.data.encode_prompts(..., nonempty=True))")
         width = max(len(p) for p in prefixes)
         ids = torch.full((len(prefixes), width), self.pad_token_id, dtype=torch.long)
         mask = torch.zeros((len(prefixes), width), dtype=torch.long)

@@ -204,16 +204,13 @@ def collect_wrong_samples(task, reference, tokenizer, *, per_position: int, seed
 def token_logps_rows(model, tokenizer, prompts: list[str], responses: list[str], *, batch_size: int = 64
                      ) -> list[list[float]]:
     """log π(y_t | x, y_<t) for every response token (EOS appended), through the training code's log-prob path."""
-    from tokendpo.data import TokenizedPair, collate_pairs
+    from tokendpo.data import collate_rows, encode_rows
     from tokendpo.logps import sequence_logps
 
     out: list[list[float]] = []
     for i in range(0, len(prompts), batch_size):
-        pairs = []
-        for p, y in zip(prompts[i:i + batch_size], responses[i:i + batch_size]):
-            ids = tokenizer(y, add_special_tokens=False).input_ids + [tokenizer.eos_token_id]
-            pairs.append(TokenizedPair(tokenizer(p).input_ids, ids, ids, ""))
-        batch = {k: v[: len(pairs)] for k, v in collate_pairs(pairs, tokenizer.pad_token_id).items()}
+        rows = encode_rows(tokenizer, prompts[i:i + batch_size], responses[i:i + batch_size], add_eos=True)
+        batch = collate_rows(rows, tokenizer.pad_token_id)  # (B, T) each
         lp = sequence_logps(model, batch)
         for row, m in zip(lp.token_logps, lp.mask):  # (T-1,) each
             out.append(row[m].tolist())

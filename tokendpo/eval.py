@@ -27,7 +27,7 @@ from tqdm.auto import tqdm
 from kernels import IMPLS
 from kernels.rewards import implicit_reward
 from tokendpo.config import DataConfig
-from tokendpo.data import TokenizedPair, collate_pairs, load_preference_data
+from tokendpo.data import TokenizedPair, collate_pairs, collate_rows, encode_rows, load_preference_data
 from tokendpo.logps import sequence_logps
 from tokendpo.model_checks import (check_max_positions, check_model_fits_tokenizer, check_same_model_vocab,
                                    check_same_vocabulary)
@@ -69,14 +69,8 @@ def token_rewards(policy, reference, tokenizer, prompts: list[str], responses: l
     device = next(policy.parameters()).device
     out: list[dict] = []
     for i in range(0, len(prompts), batch_size):
-        pairs = []
-        for p, y in zip(prompts[i:i + batch_size], responses[i:i + batch_size]):
-            ids = tokenizer(y, add_special_tokens=False).input_ids + ([tokenizer.eos_token_id] if add_eos else [])
-            pairs.append(TokenizedPair(prompt_ids=tokenizer(p).input_ids, chosen_ids=ids, rejected_ids=ids,
-                                       source=""))
-        batch = collate_pairs(pairs, tokenizer.pad_token_id)
-        b = len(pairs)
-        batch = {k: v[:b].to(device) for k, v in batch.items()}  # chosen rows only: each response once
+        rows = encode_rows(tokenizer, prompts[i:i + batch_size], responses[i:i + batch_size], add_eos=add_eos)
+        batch = {k: v.to(device) for k, v in collate_rows(rows, tokenizer.pad_token_id).items()}  # (B, T) each
         rewards, mask = batch_token_rewards(policy, reference, batch, beta=beta, kernel=kernel)
         out.extend(_response_rows(rewards.cpu(), mask.cpu(), batch["input_ids"].cpu(), tokenizer))
     return out

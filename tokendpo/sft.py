@@ -19,6 +19,8 @@ import torch
 import yaml
 from tqdm.auto import tqdm
 
+from tokendpo.data import collate_rows, encode_rows
+
 
 @dataclass
 class SFTConfig:
@@ -35,26 +37,10 @@ class SFTConfig:
 
 
 def encode_examples(tokenizer, examples: list[tuple[str, str]]) -> list[tuple[list[int], list[int]]]:
-    """(prompt ids with BOS, response ids + EOS) per example."""
+    """(prompt ids with BOS, response ids + EOS) per example (`tokendpo.data.encode_rows`)."""
     if not examples:
         raise ValueError("SFT needs at least one (prompt, response) example")
-    prompts = tokenizer([p for p, _ in examples])["input_ids"]
-    responses = tokenizer([r for _, r in examples], add_special_tokens=False)["input_ids"]
-    return [(p, r + [tokenizer.eos_token_id]) for p, r in zip(prompts, responses)]
-
-
-def collate(batch: list[tuple[list[int], list[int]]], pad_id: int) -> dict[str, torch.Tensor]:
-    """Right-padded input_ids / attention_mask / labels; labels are -100 on prompt and padding."""
-    width = max(len(p) + len(r) for p, r in batch)
-    ids = torch.full((len(batch), width), pad_id, dtype=torch.long)  # (B, T)
-    mask = torch.zeros((len(batch), width), dtype=torch.long)
-    labels = torch.full((len(batch), width), -100, dtype=torch.long)
-    for i, (p, r) in enumerate(batch):
-        seq = p + r
-        ids[i, : len(seq)] = torch.tensor(seq)
-        mask[i, : len(seq)] = 1
-        labels[i, len(p): len(seq)] = torch.tensor(r)
-    return {"input_ids": ids, "attention_mask": mask, "labels": labels}
+    return encode_rows(tokenizer, [p for p, _ in examples], [r for _, r in examples], add_eos=True)
 
 
 def lr_at(step: int, cfg: SFTConfig) -> float:
@@ -81,7 +67,8 @@ def sft(model, tokenizer, examples: list[tuple[str, str]], cfg: SFTConfig) -> di
     with open(out / "metrics.jsonl", "w") as log:
         bar = tqdm(range(cfg.max_steps), desc="sft", disable=not cfg.progress, dynamic_ncols=True)
         for step in bar:
-            batch = collate([data[rng.randrange(len(data))] for _ in range(cfg.batch_size)], tokenizer.pad_token_id)
+            batch = collate_rows([data[rng.randrange(len(data))] for _ in range(cfg.batch_size)],
+                                 tokenizer.pad_token_id)  # (B, T), labels -100 on prompt and padding
             lr = lr_at(step, cfg)
             for group in opt.param_groups:
                 group["lr"] = lr

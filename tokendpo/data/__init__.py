@@ -43,6 +43,9 @@ only counts as empty. chosen == rejected is an error (such a pair carries no pre
 gradient is exactly zero). With `skip_bad_rows` a bad row is skipped and counted, its message kept in
 `DataStats.skip_reasons`. Duplicate rows are counted and warned about, not removed.
 
+Encoding outside the preference data (SFT, evaluation, the tasks, decoding) goes through `tokendpo.data.encode`
+with the same convention: prompt with the tokenizer's special tokens, response without, EOS appended.
+
 Reading. JSON / JSON Lines files (optionally .gz) are parsed here, line by line, with the `json` module: that
 gives exact line numbers and keeps types as written (the `datasets` json loader reports neither and coerces
 mixed-type columns through Arrow). Parquet files, `save_to_disk` dirs and hub ids load through
@@ -50,10 +53,12 @@ mixed-type columns through Arrow). Parquet files, `save_to_disk` dirs and hub id
 (train.jsonl, data/test-*.parquet, ...), each file then read as above.
 """
 
+from tokendpo.data.encode import collate_rows, encode_prompts, encode_responses, encode_rows, encode_texts
 from tokendpo.data.formats import ROLES
 from tokendpo.data.pairs import (DataStats, TokenizedPair, collate_packed, collate_pairs, load_preference_data, split_eval,
                                  tokenize_pair)
 from tokendpo.data.rows import DataError
 
-__all__ = ["DataError", "DataStats", "ROLES", "TokenizedPair", "collate_packed", "collate_pairs", "load_preference_data",
-           "split_eval", "tokenize_pair"]
+__all__ = ["DataError", "DataStats", "ROLES", "TokenizedPair", "collate_packed", "collate_pairs", "collate_rows",
+           "encode_prompts", "encode_responses", "encode_rows", "encode_texts", "load_preference_data", "split_eval",
+           "tokenize_pair"]

@@ -12,15 +12,11 @@ from typing import Any
 
 import torch
 
+from tokendpo.data.encode import BATCH, adds_bos, collate_rows, encode_texts
 from tokendpo.data.formats import Extractor, Texts
 from tokendpo.data.rows import DataError, read_rows
 
 logger = logging.getLogger(__name__)
-
-
-_CHARS_PER_TOKEN = 8  # slice of text tokenised per needed token (widened when too short)
-_MARGIN = 16  # ids beyond the needed ones: where a slice's cut edge may tokenise differently
-_BATCH = 256  # texts per tokenizer call
 
 
 @dataclass
@@ -55,47 +51,20 @@ class DataStats:
                 f"and {self.responses_truncated} responses truncated")
 
 
-def _adds_bos(tokenizer) -> bool:
-    bos = tokenizer.bos_token_id
-    return (bos is not None and tokenizer("a", add_special_tokens=True)["input_ids"][:1] == [bos]
-            and tokenizer("a", add_special_tokens=False)["input_ids"][:1] != [bos])
-
-
-def _encode(tokenizer, texts: list[str], need: int, keep_end: bool) -> list[list[int]]:
-    """Ids of each text, without special tokens, exact for the `need` ids at its start (or end, `keep_end`).
-
-    A text longer than `_CHARS_PER_TOKEN * need + 256` chars is tokenised from a slice of that size; when the
-    slice gives fewer than `need + _MARGIN` ids the whole text is tokenised instead. The slice's cut edge only
-    changes the pre-token (word) it falls in, which lies beyond the `need` kept ids, so they equal the full
-    text's. Exception: one pre-token longer than the slice (a megabyte without whitespace under a GPT-2-style
-    pre-tokeniser), where the kept ids are still a valid tokenisation of the kept text, not necessarily the
-    full text's. The byte-level preset has no merges, so it is exact always.
-    """
-    cap = _CHARS_PER_TOKEN * need + 256
-    sliced = [(t[-cap:] if keep_end else t[:cap]) if len(t) > cap else t for t in texts]
-    out = []
-    for i in range(0, len(sliced), _BATCH):
-        out += tokenizer(sliced[i:i + _BATCH], add_special_tokens=False, verbose=False)["input_ids"]
-    for i, (t, s) in enumerate(zip(texts, sliced)):
-        if s is not t and len(out[i]) < need + _MARGIN:
-            out[i] = tokenizer(t, add_special_tokens=False, verbose=False)["input_ids"]
-    return out
-
-
 def _tokenize_all(items: list[Texts], tokenizer, max_length: int, max_prompt_length: int, names: tuple[str, str, str]
                   ) -> Iterator[tuple[TokenizedPair | DataError, tuple[bool, bool, bool]]]:
     """(pair or DataError, (prompt, chosen, rejected) truncated) per item, in order."""
     bos, eos, bos_text = tokenizer.bos_token_id, tokenizer.eos_token_id, tokenizer.bos_token
-    adds_bos = _adds_bos(tokenizer)
-    for start in range(0, len(items), 4 * _BATCH):
-        chunk = items[start:start + 4 * _BATCH]
+    has_bos_token = adds_bos(tokenizer)
+    for start in range(0, len(items), 4 * BATCH):
+        chunk = items[start:start + 4 * BATCH]
         # A template that writes the BOS text itself gets the BOS id once, from here, not from tokenising it.
-        has_bos = [adds_bos or (bos_text is not None and it.prompt.startswith(bos_text)) for it in chunk]
+        has_bos = [has_bos_token or (bos_text is not None and it.prompt.startswith(bos_text)) for it in chunk]
         bodies = [it.prompt[len(bos_text):] if hb and bos_text and it.prompt.startswith(bos_text) else it.prompt
                   for it, hb in zip(chunk, has_bos)]
-        prompts = _encode(tokenizer, bodies, max_prompt_length, keep_end=True)
-        chosen = _encode(tokenizer, [it.chosen for it in chunk], max_length, keep_end=False)
-        rejected = _encode(tokenizer, [it.rejected for it in chunk], max_length, keep_end=False)
+        prompts = encode_texts(tokenizer, bodies, max_prompt_length, keep_end=True)
+        chosen = encode_texts(tokenizer, [it.chosen for it in chunk], max_length, keep_end=False)
+        rejected = encode_texts(tokenizer, [it.rejected for it in chunk], max_length, keep_end=False)
         for it, hb, p, c, r in zip(chunk, has_bos, prompts, chosen, rejected):
             head = [bos] if hb else []
             keep = max_prompt_length - len(head)
@@ -233,16 +202,7 @@ def collate_pairs(pairs: list[TokenizedPair], pad_token_id: int, share_prompt: b
     if pad_token_id is None:
         raise ValueError("collate_pairs: pad_token_id is None (set tokenizer.pad_token, e.g. to EOS)")
     rows = [(p.prompt_ids, p.chosen_ids) for p in pairs] + [(p.prompt_ids, p.rejected_ids) for p in pairs]
-    T = max(len(a) + len(b) for a, b in rows)
-    input_ids = torch.full((len(rows), T), pad_token_id, dtype=torch.long)  # (2B, T)
-    attention_mask = torch.zeros((len(rows), T), dtype=torch.long)
-    labels = torch.full((len(rows), T), -100, dtype=torch.long)
-    for i, (prompt, resp) in enumerate(rows):
-        n_p, n = len(prompt), len(prompt) + len(resp)
-        input_ids[i, :n] = torch.tensor(prompt + resp, dtype=torch.long)
-        attention_mask[i, :n] = 1
-        labels[i, n_p:n] = torch.tensor(resp, dtype=torch.long)
-    out = {"input_ids": input_ids, "attention_mask": attention_mask, "labels": labels}
+    out = collate_rows(rows, pad_token_id)  # (2B, T) each
     if share_prompt and all(p.prompt_ids for p in pairs):
         out["prompt_lengths"] = torch.tensor([len(p.prompt_ids) for p in pairs], dtype=torch.long)
     return out
