@@ -24,7 +24,7 @@ from pathlib import Path
 
 import torch
 
-from tokendpo.data import TokenizedPair, collate_pairs
+from tokendpo.data import collate_rows, encode_prompts
 from tokendpo.eval import batch_token_rewards, token_rewards
 from tokendpo.modeling import load_model, load_tokenizer
 from tokendpo.tasks.base import Task
@@ -42,9 +42,8 @@ def log_ratios(policy, reference, tokenizer, prompts: list[str], response_ids: l
     where it was sampled), through the training code's log-prob path."""
     out: list[float] = []
     for i in range(0, len(prompts), batch_size):
-        pairs = [TokenizedPair(tokenizer(p)["input_ids"], list(y), list(y), "")
-                 for p, y in zip(prompts[i:i + batch_size], response_ids[i:i + batch_size])]
-        batch = {k: v[: len(pairs)] for k, v in collate_pairs(pairs, tokenizer.pad_token_id).items()}
+        rows = list(zip(encode_prompts(tokenizer, prompts[i:i + batch_size]), response_ids[i:i + batch_size]))
+        batch = collate_rows(rows, tokenizer.pad_token_id)  # (B, T) each
         rewards, _ = batch_token_rewards(policy, reference, batch, beta=1.0)  # (B, T-1), β = 1: plain log-ratios
         out.extend(rewards.sum(-1).tolist())
     return out
