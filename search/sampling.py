@@ -3,8 +3,9 @@ chunk-level beam search reuses.
 
 Every token is drawn from a proposal distribution (the policy, or for best-of-N and CBS optionally the
 reference) restricted to the candidate support of `search.scoring` (special tokens other than EOS never;
-top-k / top-p of the proposal). Rows that emit EOS or reach `max_new_tokens` leave the batch at once (their
-cache rows are dropped), so no position is run for a finished row. Greedy and sampling rank nothing, so they
+top-k / top-p of the proposal). The token loop is `tokendpo.generation.token_loop`, the one every generator
+of the project runs: rows that emit EOS or reach `max_new_tokens` leave the batch at once (their cache rows are
+dropped), so no position is run for a finished row. Greedy and sampling rank nothing, so they
 search with the policy alone and the reference rescores each finished response in one pass
 (`PairScorer.finish`); best-of-N needs both models' log-probs of every sample and steps them together (one
 shared prompt prefill).
@@ -20,6 +21,7 @@ import torch
 from search import scoring
 from search.guards import ban_repeats, normalised
 from search.scorer import Decoded, ForwardCounter, PairScorer, PairState
+from tokendpo.generation import Sampler, token_loop
 
 
 @dataclass
@@ -59,38 +61,36 @@ def extend(scorer: PairScorer, state: PairState, hyps: list[Hypothesis], counter
            ) -> tuple[PairState | None, list[Hypothesis]]:
     """Add up to `steps` tokens to each hypothesis (row i of `state` continues hyps[i], in place).
 
-    Each token is the argmax, or a sample at `temperature`, of the proposal within the support: not in
-    `banned_tokens`, no repeated n-gram, inside top-k / top-p (`scoring.candidate_mask`).
+    `tokendpo.generation.token_loop` over `PairScorer` steps: each token is the argmax, or a sample at
+    `temperature` on `generator`, of the proposal within the support — not in `banned_tokens`, no repeated
+    n-gram, inside top-k / top-p (`scoring.candidate_mask`); both models' log-probs of it are recorded.
     Returns the state of the rows still open after `steps` tokens (their next-token distributions are
     computed, ready for the next call) and their hypotheses in row order; None, [] when every row ended.
     """
-    rows = list(hyps)
-    for _ in range(steps):
-        prop = proposal_logps(state, proposal)  # (R, V)
+    sampler = Sampler(greedy=greedy, temperature=1.0 if greedy else temperature, top_k=top_k, top_p=top_p,
+                      banned=tuple(banned_tokens))
+
+    def choose(st: PairState, alive: list[int]) -> torch.Tensor:
+        prop = proposal_logps(st, proposal)  # (R, V)
         if no_repeat_ngram:
-            prop = ban_repeats(prop, [h.tokens for h in rows], no_repeat_ngram)  # before top-k, as HF
-        t_eff = 1.0 if greedy else temperature
-        mask = scoring.candidate_mask(prop, top_k=top_k, top_p=top_p, banned=banned_tokens, temperature=t_eff)
-        tok = scoring.draw(prop, mask, temperature=t_eff, greedy=greedy, generator=generator)  # (R,)
-        chosen_lp = state.policy_logps.gather(1, tok[:, None]).squeeze(1).tolist()
-        chosen_lr = (state.reference_logps.gather(1, tok[:, None]).squeeze(1).tolist()
-                     if state.has_reference else None)
-        keep = []
-        for r, (h, t) in enumerate(zip(rows, tok.tolist())):
-            h.tokens.append(t)
-            h.policy_logps.append(chosen_lp[r])
+            prop = ban_repeats(prop, [hyps[i].tokens for i in alive], no_repeat_ngram)  # before top-k, as HF
+        tok = sampler.pick(prop, generator=generator)  # (R,)
+        chosen_lp = st.policy_logps.gather(1, tok[:, None]).squeeze(1).tolist()
+        chosen_lr = st.reference_logps.gather(1, tok[:, None]).squeeze(1).tolist() if st.has_reference else None
+        for r, i in enumerate(alive):
+            hyps[i].policy_logps.append(chosen_lp[r])
             if chosen_lr is not None:
-                h.reference_logps.append(chosen_lr[r])
-            h.done = t == eos_token_id or len(h.tokens) >= max_new_tokens
-            if not h.done:
-                keep.append(r)
-        if not keep:
-            return None, []
-        if len(keep) < len(rows):  # drop finished rows before running the next position
-            idx = torch.tensor(keep)
-            state, tok, rows = scorer.select(state, idx), tok[idx.to(tok.device)], [rows[r] for r in keep]
-        state = scorer.step(state, tok, counter)
-    return state, rows
+                hyps[i].reference_logps.append(chosen_lr[r])
+        return tok
+
+    before = [len(h.tokens) for h in hyps]
+    state, alive = token_loop(state, [h.tokens for h in hyps], steps=steps, max_new_tokens=max_new_tokens,
+                              eos_token_id=eos_token_id, choose=choose,
+                              step=lambda st, tok: scorer.step(st, tok, counter), select=scorer.select)
+    for h, n in zip(hyps, before):
+        if len(h.tokens) > n:
+            h.done = h.tokens[-1] == eos_token_id or len(h.tokens) >= max_new_tokens
+    return state, [hyps[i] for i in alive]
 
 
 def _empty(n: int) -> list[Decoded]:
@@ -102,7 +102,8 @@ def sample(scorer: PairScorer, prompts: list[list[int]], *, max_new_tokens: int,
            no_repeat_ngram: int = 0, top_k: int | None = None, top_p: float | None = None,
            banned_tokens: Sequence[int] = ()) -> list[Decoded]:
     """Ancestral sampling from the policy at `temperature` (or greedy) within the support (default:
-    unrestricted, `scoring.SUPPORT_DEFAULTS`); the reference rescores the results."""
+    unrestricted, `scoring.SUPPORT_DEFAULTS`); the reference rescores the results (no pass when the reference
+    is the policy object itself: its log-probs are the policy's, every token reward 0)."""
     if max_new_tokens == 0:
         return _empty(len(prompts))
     top_k, top_p = scoring.resolve_support("greedy" if greedy else "sample", "likelihood", top_k, top_p)
@@ -112,7 +113,10 @@ def sample(scorer: PairScorer, prompts: list[list[int]], *, max_new_tokens: int,
     extend(scorer, state, hyps, counter, steps=max_new_tokens, max_new_tokens=max_new_tokens,
            eos_token_id=eos_token_id, greedy=greedy, temperature=temperature, generator=generator,
            no_repeat_ngram=no_repeat_ngram, top_k=top_k, top_p=top_p, banned_tokens=banned_tokens)
-    return scorer.finish(prompts, [h.tokens for h in hyps], [h.policy_logps for h in hyps], None, counter)
+    # π_ref is π itself (e.g. sampling pairs from a base model): its log-probs are known, skip the rescoring pass
+    same = scorer.reference is scorer.policy
+    return scorer.finish(prompts, [h.tokens for h in hyps], [h.policy_logps for h in hyps],
+                         [list(h.policy_logps) for h in hyps] if same else None, counter)
 
 
 def greedy(scorer: PairScorer, prompts: list[list[int]], *, max_new_tokens: int, eos_token_id: int,

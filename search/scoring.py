@@ -26,7 +26,9 @@ When `top_k` / `top_p` are None, each decoder uses its documented default (`SUPP
 `default_support`): likelihood beam search is unrestricted, for exact parity with transformers' beam search;
 the implicit-guided scores (implicit, mixed) share `GUIDED_SUPPORT` (the policy's top-p 0.9 nucleus), because
 ranking all V tokens by log π − log π_ref picks tokens the reference never produces — and a fixed top-k still
-admits the tail where the policy is peaked; MCTS expands the policy's top-8.
+admits the tail where the policy is peaked; MCTS expands the policy's top-8. The mask and the draw
+(`candidate_mask`, `restrict`, `draw`) are defined beside the token loop in `tokendpo.generation` and
+re-exported here.
 
 **Proposal.** Best-of-N and chunk-level beam search sample candidates from a proposal (`policy` or
 `reference`) at a temperature, within the support, and rank them by the score. The default proposal is the
@@ -42,6 +44,7 @@ from collections.abc import Sequence
 import torch
 
 from kernels.rewards import implicit_reward
+from tokendpo.generation import candidate_mask, draw, restrict  # the support, defined with the token loop
 
 SCORES = ("likelihood", "implicit", "mixed")
 PROPOSALS = ("policy", "reference")
@@ -150,47 +153,3 @@ def check_support(top_k: int, top_p: float) -> None:
         raise ValueError(f"top_k must be >= 0 (0 = no restriction), got {top_k}")
     if not (0.0 < top_p <= 1.0):  # also rejects NaN
         raise ValueError(f"top_p must be in (0, 1] (1 = no restriction), got {top_p}")
-
-
-def candidate_mask(proposal_logps: torch.Tensor, *, top_k: int = 0, top_p: float = 1.0,
-                   banned: Sequence[int] = (), temperature: float = 1.0) -> torch.Tensor:
-    """(R, V) bool, True where a token is a candidate: not banned, and inside the top-k and the top-p nucleus of
-    softmax(proposal_logps / temperature) with the banned tokens removed.
-
-    Top-k keeps the k largest (ties at the k-th value all kept, as transformers' TopKLogitsWarper); the nucleus
-    is the smallest set of most likely tokens with mass ≥ top_p (the most likely token always stays).
-    """
-    logits = proposal_logps.float() / temperature  # (R, V)
-    mask = torch.isfinite(logits)  # a proposal may already carry −inf (e.g. a repeated n-gram)
-    if len(banned):
-        mask[:, torch.as_tensor(list(banned), dtype=torch.long, device=logits.device)] = False
-    logits = logits.masked_fill(~mask, float("-inf"))
-    if 0 < top_k < logits.shape[-1]:
-        kth = logits.topk(top_k, dim=-1).values[:, -1:]  # (R, 1)
-        mask &= logits >= kth
-        logits = logits.masked_fill(~mask, float("-inf"))
-    if top_p < 1.0:
-        probs = torch.softmax(logits, dim=-1)  # (R, V) renormalised over the candidates so far
-        sorted_p, order = probs.sort(dim=-1, descending=True)
-        mass_before = sorted_p.cumsum(-1) - sorted_p  # mass of the strictly more likely tokens
-        keep_sorted = mass_before < top_p  # the token that crosses top_p is kept; the first always is
-        keep_sorted[:, 0] = True
-        keep = torch.zeros_like(mask).scatter(-1, order, keep_sorted)
-        mask &= keep
-    return mask
-
-
-def restrict(scores: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """scores with −inf outside the candidate mask (same shape)."""
-    return scores.masked_fill(~mask, float("-inf"))
-
-
-def draw(proposal_logps: torch.Tensor, mask: torch.Tensor, *, temperature: float = 1.0, greedy: bool = False,
-         generator: torch.Generator | None = None) -> torch.Tensor:
-    """(R, V) proposal log-probs → (R,) ids: the argmax, or a sample of softmax(logp / T) renormalised over the
-    candidates (on the CPU generator, so results do not depend on the device)."""
-    logits = restrict(proposal_logps.float(), mask)
-    if greedy:
-        return logits.argmax(-1)
-    probs = torch.softmax(logits.cpu() / temperature, dim=-1)
-    return torch.multinomial(probs, 1, generator=generator).squeeze(-1).to(proposal_logps.device)
