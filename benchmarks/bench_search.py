@@ -423,6 +423,64 @@ def interleaved(args) -> list[dict]:
     return best
 
 
+class TimedScorer(PairScorer):
+    """A PairScorer that records (rows, positions per row, seconds) of every model forward it runs."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.calls: list[tuple[int, int, float]] = []
+
+    def _forward(self, model, input_ids, *args):
+        t0 = time.perf_counter()
+        out = super()._forward(model, input_ids, *args)
+        self.calls.append((input_ids.shape[0], input_ids.shape[1], time.perf_counter() - t0))
+        return out
+
+
+def profile(args) -> list[dict]:
+    """--profile: where the time of beam-K and MCTS (leaf batch 1 and --profile_leaf_batch) goes, in one process.
+
+    Each decoder's wall time splits into prefill forwards, one-token forwards (both models; rows per call and
+    ms per call recorded) and the rest (search bookkeeping outside the models). Then cProfile of one MCTS run,
+    top functions by own time (model matmuls, the pool's writes and gathers, Python per node)."""
+    import cProfile
+    import pstats
+
+    torch.set_num_threads(args.threads)
+    model = args.models.split(",")[0]
+    with tempfile.TemporaryDirectory() as tmp:
+        dirs = prepare_smollm2(args.workdir or tmp) if model == "smollm2" else None
+        pair = make_pair(model, dirs) if model in ("smollm2", "smollm2-shape") else build_pair(model, tmp)
+    prompts = random_prompts(pair, args.prompts, args.prompt_len, 0)
+    n, sims = args.max_new_tokens, args.simulations
+    runs = {f"beam-{args.beams}": lambda s: beam_search(s, prompts, num_beams=int(args.beams), max_new_tokens=n,
+                                                         eos_token_id=pair.eos, score="implicit")}
+    for lb in sorted({1, args.profile_leaf_batch}):
+        runs[f"mcts S={sims} leaf batch {lb}"] = lambda s, lb=lb: mcts(
+            s, prompts, max_new_tokens=n, eos_token_id=pair.eos, simulations=sims, topk=8, leaf_batch=lb)
+    rows = []
+    for name, fn in runs.items():
+        scorer = TimedScorer(pair.policy, pair.reference, beta=0.1, pad_token_id=pair.pad)
+        scorer.prefill([prompts[0][:4]], ForwardCounter(1))  # warm-up
+        scorer.calls.clear()
+        t0 = time.perf_counter()
+        out = fn(scorer)
+        wall = time.perf_counter() - t0
+        steps = [c for c in scorer.calls if c[1] == 1]
+        step_s, pre_s = sum(c[2] for c in steps), sum(c[2] for c in scorer.calls if c[1] > 1)
+        rows.append(dict(decoder=name, seconds=round(wall, 2), forward_tokens=sum(d.forward_tokens for d in out),
+                         step_forwards=len(steps) // 2, rows_per_forward=round(sum(c[0] for c in steps) / len(steps), 1),
+                         ms_per_forward_pair=round(2e3 * step_s / len(steps), 1), step_s=round(step_s, 2),
+                         prefill_s=round(pre_s, 2), other_s=round(wall - step_s - pre_s, 2)))
+        print(json.dumps(rows[-1]), file=sys.stderr, flush=True)
+    prof = cProfile.Profile()
+    prof.enable()
+    runs[f"mcts S={sims} leaf batch 1"](PairScorer(pair.policy, pair.reference, beta=0.1, pad_token_id=pair.pad))
+    prof.disable()
+    pstats.Stats(prof, stream=sys.stdout).sort_stats("tottime").print_stats(args.profile_top)
+    return rows
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m benchmarks.bench_search", description=__doc__.split("\n\n")[0])
     ap.add_argument("--quick", action="store_true", help="tiny-llama, in-process; asserts agreement; writes nothing")
@@ -439,10 +497,15 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--timeout", type=float, default=1800, help="seconds per configuration")
     ap.add_argument("--output", default="benchmarks/results/bench_search.json")
     ap.add_argument("--workdir", help="keep (and reuse) converted models here instead of a temporary dir")
+    ap.add_argument("--profile", action="store_true", help="time split of beam and MCTS (forwards: rows, ms per "
+                    "call; bookkeeping) and a cProfile of MCTS, one process, --prompts/--max_new_tokens; writes nothing")
+    ap.add_argument("--simulations", type=int, default=16, help="--profile: MCTS simulations per token")
+    ap.add_argument("--profile_leaf_batch", type=int, default=4, help="--profile: also MCTS at this leaf batch")
+    ap.add_argument("--profile_top", type=int, default=25, help="--profile: cProfile functions shown")
     ap.add_argument("--worker", help=argparse.SUPPRESS)
-    ap.add_argument("--beams", default="1,4,8", help="--hf: beam widths")
-    ap.add_argument("--max_new_tokens", type=int, default=32, help="--hf: new tokens")
-    ap.add_argument("--prompts", type=int, default=4, help="--hf: prompts")
+    ap.add_argument("--beams", default="1,4,8", help="--hf: beam widths (--profile: one K, e.g. 4)")
+    ap.add_argument("--max_new_tokens", type=int, default=32, help="--hf, --profile: new tokens")
+    ap.add_argument("--prompts", type=int, default=4, help="--hf, --profile: prompts")
     ap.add_argument("--repeats", type=int, default=3, help="--hf: min over this many runs")
     args = ap.parse_args(argv)
     if args.worker:
@@ -455,6 +518,10 @@ def main(argv: list[str] | None = None) -> int:
               f"{args.threads} thread(s)\n\ncommand: `{cmd.strip()}`")
     if args.quick:
         print(header + "\n\n" + render_rows(quick()))
+        return 0
+    if args.profile:
+        rows = profile(args)
+        print(header + "\n\n" + "\n".join(json.dumps(r) for r in rows))
         return 0
     if args.hf:
         torch.set_num_threads(args.threads)

@@ -66,3 +66,21 @@ def test_chat_prompts_are_first_human_turns_through_the_chat_template(tmp_path):
     assert row["prompt_source"].startswith("HH-RLHF") and row["generated"] > 0
     assert not banned & {t for ids in row["token_ids"] for t in ids}
     assert row["peak_total_mb"] >= row["load_peak_mb"] > 0
+
+
+def test_profile_splits_time_and_counts_rows_per_forward(capsys):
+    """beam-K runs prompts·K rows per one-token forward; sequential MCTS at most one row per open tree; the time
+    split adds up to the wall time."""
+    assert bench_search.main(["--profile", "--models", "tiny-llama", "--prompts", "3", "--max_new_tokens", "4",
+                              "--simulations", "4", "--beams", "4", "--profile_top", "3"]) == 0
+    import json
+
+    rows = [json.loads(line) for line in capsys.readouterr().out.splitlines() if line.startswith("{")]
+    by = {r["decoder"]: r for r in rows}
+    assert set(by) == {"beam-4", "mcts S=4 leaf batch 1", "mcts S=4 leaf batch 4"}
+    assert 3 < by["beam-4"]["rows_per_forward"] <= 12  # up to 3 prompts × 4 beams
+    assert 1 <= by["mcts S=4 leaf batch 1"]["rows_per_forward"] <= 3
+    assert by["mcts S=4 leaf batch 4"]["rows_per_forward"] > by["mcts S=4 leaf batch 1"]["rows_per_forward"]
+    for r in rows:
+        assert r["step_forwards"] > 0
+        assert r["step_s"] + r["prefill_s"] + r["other_s"] == pytest.approx(r["seconds"], abs=0.03)
