@@ -47,6 +47,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from benchmarks.gpu_check_report import markdown
 from benchmarks.results_file import git_commit
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -419,41 +420,6 @@ def run_checks(plan: Plan, work: Path, *, timeout: float = 480, budget: float = 
         rows = got[0] + rows
         verdicts["kernel_tests"] = got[1] or "ok"
     return {"rows": rows, "verdicts": dict(sorted(verdicts.items(), key=lambda kv: ORDER.index(kv[0])))}
-
-
-def _fmt(v) -> str:
-    if v is None:
-        return "–"
-    if isinstance(v, float):
-        return f"{v:.3g}" if abs(v) < 1e-2 and v != 0 else f"{v:,.2f}"
-    return str(v)
-
-
-def markdown(result: dict, machine: str, dry_run: bool) -> str:
-    lines = ["# GPU check", ""]
-    if dry_run:
-        lines += ["**Dry run** (CPU, tiny shapes, Triton in its interpreter): the script end to end, no GPU figures.",
-                  ""]
-    lines += [f"Machine: {machine}. Date: {result['date']}. Commit: `{result['commit']}`.", "",
-              f"    {result['command']}", "",
-              "`tflops` counts the three useful products of a fused log-prob forward + backward (6·N·V·H flops); "
-              "`pct_of_matmul` is that rate over a bare bf16 `torch.mm` of the same shape in the same run; "
-              "`max_abs_err` is against fp32 naive log-probs on the same inputs (train: the largest |Δloss| "
-              "between kernels per step). `ms` is the mean over `n` repeats, with its 95 % t-interval.", "",
-              "| check | impl | dtype | shape | ms | 95 % CI | n | TFLOP/s | % matmul | max abs err |",
-              "|---|---|---|---|---|---|---|---|---|---|"]
-    for r in result["rows"]:
-        ci = "–" if not r.get("ms_ci95") else f"{r['ms_ci95'][0]:.3g}–{r['ms_ci95'][1]:.3g}"
-        lines.append(f"| {r['check']} | {r['impl']} | {r['dtype']} | {r['shape']} | {_fmt(r['ms'])} | {ci} | "
-                     f"{_fmt(r.get('n'))} | {_fmt(r['tflops'])} | {_fmt(r['pct_of_matmul'])} | "
-                     f"{_fmt(r['max_abs_err'])} |")
-    train = [r for r in result["rows"] if r["check"] == "train"]
-    if train:
-        lines += ["", "Training throughput (tokens/s, from metrics.jsonl) and loss at the first and last step:", ""]
-        lines += [f"- `--kernel {r['impl']}`: {r['tokens_per_second']:,} tokens/s, loss {r['loss_first_last'][0]} "
-                  f"→ {r['loss_first_last'][1]}" for r in train]
-    lines += ["", "Verdicts:", ""] + [f"- {k}: {v}" for k, v in result["verdicts"].items()]
-    return "\n".join(lines) + "\n"
 
 
 def _atomic_write(path: Path, text: str) -> None:
