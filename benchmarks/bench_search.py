@@ -375,7 +375,24 @@ def quick() -> list[dict]:
     return rows
 
 
-def run_grid(args) -> list[dict]:
+def write_output(path: str, rows: list[dict], cmd: str, complete: bool = True) -> list[str]:
+    """Write the results file (temporary file + os.replace); returns the cached/re-encoding disagreements.
+    A grid run writes it after every configuration with complete=False, so a killed run keeps its rows."""
+    problems = check_agreement(rows)
+    slim = [{k: v for k, v in r.items() if k not in ("token_ids", "token_rewards")} for r in rows]
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    tmp = path + ".tmp"
+    with open(tmp, "w", encoding="utf-8") as fh:
+        json.dump({"rows": slim, "command": cmd, "commit": git_commit(),
+                   "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+                   "machine": f"{platform.machine()}, {os.cpu_count()} CPUs, torch {torch.__version__}",
+                   "agreement": "cached and re-encoding MCTS decode identical tokens" if not problems else problems,
+                   "complete": complete}, fh, indent=1)
+    os.replace(tmp, path)
+    return problems
+
+
+def run_grid(args, cmd: str) -> list[dict]:
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         workdir = args.workdir or tmp  # --workdir keeps the converted SmolLM2 for the next run
@@ -391,6 +408,7 @@ def run_grid(args) -> list[dict]:
                 t0 = time.perf_counter()
                 row = run_fresh(model, dirs, cfg, args.prompt_len, args.threads, args.timeout, args.chat_prompts)
                 rows.append(row)
+                write_output(args.output, rows, cmd, complete=False)
                 print(f"[{time.perf_counter() - t0:.0f} s] {json.dumps({k: row.get(k) for k in ROW_KEYS})}",
                       file=sys.stderr, flush=True)
     return rows
@@ -541,21 +559,11 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     if args.timing:
         args.output = args.output.replace(".json", "_timing.json")
-    rows = interleaved(args) if args.timing else run_grid(args)
-    problems = check_agreement(rows)
+    rows = interleaved(args) if args.timing else run_grid(args, cmd.strip())
+    problems = write_output(args.output, rows, cmd.strip())
     print(header + "\n\n" + render_rows(rows))
     for p in problems:
         print(f"DISAGREEMENT: {p}")
-    slim = [{k: v for k, v in r.items() if k not in ("token_ids", "token_rewards")} for r in rows]
-    os.makedirs(os.path.dirname(os.path.abspath(args.output)), exist_ok=True)
-    tmp = args.output + ".tmp"
-    with open(tmp, "w", encoding="utf-8") as fh:
-        json.dump({"rows": slim, "command": cmd.strip(), "commit": git_commit(),
-                   "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-                   "machine": f"{platform.machine()}, {os.cpu_count()} CPUs, torch {torch.__version__}",
-                   "agreement": "cached and re-encoding MCTS decode identical tokens" if not problems else problems},
-                  fh, indent=1)
-    os.replace(tmp, args.output)
     return 1 if problems else 0
 
 
