@@ -15,6 +15,9 @@ sample per prompt:
     valid_rate            share of responses the task's grammar can produce
     mean_length           response tokens (EOS included when generated)
     greedy_gold_reward, greedy_distinct_rate   the same prompts decoded greedily (collapse shows up here first)
+
+beside them: `win_tie_loss_vs_sft` [W, T, L] counts, `n_eval_pairs`, and `ci`, the 95 % intervals of gold_reward
+(mean ± 1.96·s/√n), win_rate_vs_sft, eval_reward_accuracy and valid_rate (Wilson, ties as ½).
 """
 
 from __future__ import annotations
@@ -28,7 +31,8 @@ from tokendpo.data import collate_rows, encode_prompts
 from tokendpo.eval import batch_token_rewards, token_rewards
 from tokendpo.modeling import load_model, load_tokenizer
 from tokendpo.tasks.base import Task
-from tokendpo.tasks.metrics import REPETITION_N, distinct_rate, repetition, win_rate
+from tokendpo.tasks.metrics import (REPETITION_N, distinct_rate, mean_interval, repetition, wilson_interval, win_rate,
+                                    win_tie_loss)
 from tokendpo.tasks.sampling import sample
 
 METRICS = ("gold_reward", "win_rate_vs_sft", "kl_to_ref", "eval_reward_accuracy", "distinct_rate", "repetition",
@@ -71,15 +75,26 @@ def policy_metrics(task: Task, policy, reference, tokenizer, prompts: list[str],
     greedy_gold = [task.gold_reward(p, y) for p, y in zip(prompts, greedy)]
     kl = log_ratios(policy, reference, tokenizer, prompts, ids)
     body = [[t for t in y if t != tokenizer.eos_token_id] for y in ids]
+    n = len(prompts)
+    wins, ties, losses = win_tie_loss(gold, baseline_gold)
+    accuracy = reward_accuracy(policy, reference, tokenizer, eval_pairs, beta=beta)
+    valid = sum(task.is_valid(p, y) for p, y in zip(prompts, texts))
     return {
         "gold_reward": sum(gold) / len(gold),
         "win_rate_vs_sft": win_rate(gold, baseline_gold),
+        "win_tie_loss_vs_sft": [wins, ties, losses],
         "kl_to_ref": sum(kl) / len(kl),
-        "eval_reward_accuracy": reward_accuracy(policy, reference, tokenizer, eval_pairs, beta=beta),
+        "eval_reward_accuracy": accuracy,
+        "n_eval_pairs": len(eval_pairs),
+        # 95 % intervals: normal approximation for the mean gold, Wilson (ties as ½) for the rates
+        "ci": {"gold_reward": list(mean_interval(gold)[1:]),
+               "win_rate_vs_sft": list(wilson_interval(wins + ties / 2, n)),
+               "eval_reward_accuracy": list(wilson_interval(accuracy * len(eval_pairs), len(eval_pairs))),
+               "valid_rate": list(wilson_interval(valid, n))},
         "distinct_rate": distinct_rate(texts),
         "repetition": repetition(body, REPETITION_N),
         "repetition_n": REPETITION_N,
-        "valid_rate": sum(task.is_valid(p, y) for p, y in zip(prompts, texts)) / len(prompts),
+        "valid_rate": valid / n,
         "mean_length": sum(map(len, ids)) / len(ids),
         "greedy_gold_reward": sum(greedy_gold) / len(greedy_gold),
         "greedy_distinct_rate": distinct_rate(greedy),
@@ -119,4 +134,11 @@ def print_table(summary: dict, title: str = "") -> None:
         if all(m in summary[c] for c in cols):
             name = f"repetition ({summary[cols[0]].get('repetition_n', REPETITION_N)}-gram)" \
                 if m == "repetition" else m
-            print(f"{name:<24}" + "".join(f"{summary[c][m]:>12.3f}" for c in cols))
+            print(f"{name:<24}" + "".join(f"{summary[c][m]:>12.3f}" for c in cols)
+                  + "".join(_interval(summary[c], m) for c in cols))
+
+
+def _interval(metrics: dict, name: str) -> str:
+    """'  [lo, hi]' of a metric's 95 % interval when the summary has one, else ''."""
+    ci = metrics.get("ci", {}).get(name)
+    return f"  [{ci[0]:.3f}, {ci[1]:.3f}]" if ci else ""

@@ -16,6 +16,15 @@ def win_rate(rewards: Sequence[float], baseline: Sequence[float]) -> float:
     return sum(1.0 if r > b else 0.5 if r == b else 0.0 for r, b in zip(rewards, baseline)) / len(rewards)
 
 
+def win_tie_loss(rewards: Sequence[float], baseline: Sequence[float]) -> tuple[int, int, int]:
+    """Per-prompt counts (W, T, L) of r > b, r = b, r < b; win_rate = (W + T/2)/n."""
+    if len(rewards) != len(baseline) or not rewards:
+        raise ValueError(f"win_tie_loss needs two equal, non-empty lists, got {len(rewards)} and {len(baseline)}")
+    w = sum(r > b for r, b in zip(rewards, baseline))
+    t = sum(r == b for r, b in zip(rewards, baseline))
+    return w, t, len(rewards) - w - t
+
+
 def distinct_rate(responses: Sequence[str]) -> float:
     """Distinct responses / responses (1.0: all different; 1/len: one output for every prompt)."""
     if not responses:

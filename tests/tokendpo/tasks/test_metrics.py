@@ -2,13 +2,27 @@ import random
 
 import pytest
 
-from tokendpo.tasks.metrics import bradley_terry_label, distinct_rate, repetition, win_rate
+from tokendpo.tasks.metrics import bradley_terry_label, distinct_rate, repetition, win_rate, win_tie_loss
 
 
 def test_win_rate_counts_ties_as_half():
     assert win_rate([1.0, 0.0, 0.5, 0.2], [0.0, 1.0, 0.5, 0.1]) == pytest.approx((1 + 0 + 0.5 + 1) / 4)
     with pytest.raises(ValueError):
         win_rate([1.0], [])
+
+
+def test_win_tie_loss_counts_agree_with_win_rate():
+    """Fresh random rewards on a coarse grid (so ties occur): W + T + L = n and (W + T/2)/n = win_rate."""
+    rng = random.Random()
+    r = [rng.choice([0.0, 0.5, 1.0]) for _ in range(200)]
+    b = [rng.choice([0.0, 0.5, 1.0]) for _ in range(200)]
+    w, t, l = win_tie_loss(r, b)
+    assert (w, t, l) == (sum(x > y for x, y in zip(r, b)), sum(x == y for x, y in zip(r, b)),
+                         sum(x < y for x, y in zip(r, b)))
+    assert (w + t / 2) / 200 == pytest.approx(win_rate(r, b))
+    assert win_tie_loss([1.0, 0.0, 0.5], [0.0, 1.0, 0.5]) == (1, 1, 1)
+    with pytest.raises(ValueError):
+        win_tie_loss([1.0], [])
 
 
 def test_distinct_rate():

@@ -37,7 +37,12 @@ def test_quick_run_layout(quick_run):
     assert json.loads((out / "summary.json").read_text()) == summary
     assert set(summary) == {"sft", "dpo"}
     for policy in ("sft", "dpo"):
-        assert SUMMARY_KEYS <= set(summary[policy])
+        m = summary[policy]
+        assert SUMMARY_KEYS <= set(m)
+        w, t, l = m["win_tie_loss_vs_sft"]
+        assert w + t + l == m["n_prompts"] and (w + t / 2) / m["n_prompts"] == pytest.approx(m["win_rate_vs_sft"])
+        for name, (lo, hi) in m["ci"].items():  # every interval holds its estimate and is a proper interval
+            assert lo <= m[name] <= hi and lo < hi, (policy, name, lo, m[name], hi)
     assert summary["sft"]["kl_to_ref"] == 0.0 and summary["sft"]["eval_reward_accuracy"] == 0.5
 
 
