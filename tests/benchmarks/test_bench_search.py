@@ -84,3 +84,20 @@ def test_profile_splits_time_and_counts_rows_per_forward(capsys):
     for r in rows:
         assert r["step_forwards"] > 0
         assert r["step_s"] + r["prefill_s"] + r["other_s"] == pytest.approx(r["seconds"], abs=0.03)
+
+
+def test_grid_run_writes_every_row_in_the_results_schema(tmp_path):
+    """A grid run (fresh subprocess per configuration) writes {"rows", "command", "commit", "date"}; peak memory
+    and total peak are per-process figures."""
+    import json
+
+    out = tmp_path / "r.json"
+    assert bench_search.main(["--models", "tiny-llama", "--grid", "mcts:2:3:3", "--prompt_len", "10",
+                              "--workdir", str(tmp_path / "w"), "--output", str(out)]) == 0
+    data = json.loads(out.read_text())
+    assert {"rows", "command", "commit", "date"} <= set(data) and data["complete"] is True
+    (row,) = data["rows"]
+    assert "error" not in row and set(bench_search.ROW_KEYS) <= set(row)
+    assert (row["decoder"], row["prompts"], row["width"], row["new_tokens"]) == ("mcts", 2, 3, 3)
+    assert row["peak_total_mb"] >= row["load_peak_mb"] > row["peak_extra_mb"] >= 0
+    assert "token_ids" not in row and data["command"].endswith(f"--output {out}")
