@@ -11,21 +11,25 @@ from __future__ import annotations
 import torch
 from tqdm.auto import tqdm
 
+from tokendpo.data.encode import encode_prompts
 from tokendpo.generation import Sampler, generate
 
 
 @torch.no_grad()
 def sample(model, tokenizer, prompts: list[str], *, max_new_tokens: int, temperature: float = 1.0,
            greedy: bool = False, seed: int = 0, batch_size: int = 256, desc: str | None = None,
-           progress: bool = True) -> tuple[list[str], list[list[int]]]:
-    """One response per prompt: (decoded texts without special tokens, generated ids with EOS when generated)."""
+           progress: bool = True, chat_template: bool = False) -> tuple[list[str], list[list[int]]]:
+    """One response per prompt: (decoded texts without special tokens, generated ids with EOS when generated).
+
+    `chat_template`: each prompt is rendered as one user turn with the generation prompt
+    (`tokendpo.data.encode_prompts`)."""
     sampler = Sampler(greedy=greedy, temperature=1.0 if greedy else temperature)  # checks temperature > 0
     texts: list[str] = []
     ids_out: list[list[int]] = []
     starts = range(0, len(prompts), batch_size)
     for start in tqdm(starts, desc=desc, disable=not progress or desc is None, dynamic_ncols=True):
         chunk = prompts[start: start + batch_size]
-        enc = [tokenizer(p)["input_ids"] for p in chunk]
+        enc = encode_prompts(tokenizer, chunk, chat_template=chat_template, nonempty=True)  # empty → [BOS]
         out = generate(model, enc, max_new_tokens=max_new_tokens, eos_token_id=tokenizer.eos_token_id,
                        pad_token_id=tokenizer.pad_token_id, sampler=sampler, seed=seed,
                        keys=range(start, start + len(chunk)))
