@@ -12,7 +12,9 @@ same log-probs as the prompt alone.
 
 A state may carry no reference (`with_reference=False`): searches whose ranking needs only π (greedy,
 sampling, likelihood beam search) skip π_ref while searching and rescore the winners once at the end
-(`reference_logps`), which is exactly the information "generate, then one reference pass" yields.
+(`sequence_logps`), which is exactly the information "generate, then one reference pass" yields. That pass
+takes the final hidden states and `kernels.token_logprobs`, never the (R, T, V) logits, unless the model's head
+is one the kernels cannot express (`fused_head`).
 
 Forward tokens (the `forward_tokens` field of the decode output): positions run through the policy plus
 positions run through the reference — a position run through both models counts twice. The prompt prefill is
@@ -27,8 +29,11 @@ from dataclasses import dataclass
 
 import torch
 
+import kernels
 from kernels.rewards import implicit_reward
 from search import cache as kv
+from tokendpo.logps import body, final_hidden, lm_head
+from tokendpo.modeling import lm_head_spec
 
 
 class ForwardCounter:
@@ -83,6 +88,21 @@ class Decoded:
     @property
     def reward(self) -> float:
         return float(sum(self.token_rewards))
+
+
+def fused_head(model: torch.nn.Module) -> tuple[torch.Tensor, torch.Tensor | None, kernels.LogitHead] | None:
+    """(LM-head weight, bias, head transform) when `kernels.token_logprobs` can compute the model's log-probs
+    from its final hidden states; None for a head it cannot express (not a Linear, no separable body, or a
+    config transform `lm_head_spec` refuses), whose log-probs then come from the model's own logits."""
+    if not hasattr(model, "get_output_embeddings"):
+        return None
+    try:
+        weight, bias = lm_head(model)
+        spec = lm_head_spec(model)
+        body(model)
+    except ValueError:
+        return None
+    return weight, bias, spec
 
 
 def _last_logps(logits: torch.Tensor) -> torch.Tensor:
@@ -231,7 +251,10 @@ class PairScorer:
                        counter: ForwardCounter, owner: torch.Tensor) -> list[torch.Tensor]:
         """log model(response_t | prompt, response_<t) per response token: one left-padded forward, no cache.
 
-        Used to rescore finished responses with the reference when the search did not need it.
+        Used to rescore finished responses with the reference when the search did not need it. The response
+        positions' final hidden states go through `kernels.token_logprobs` with the model's own head transform
+        (`fused_head`), so the (R, T, V) logits are never built; a head the kernels cannot express falls back to
+        log_softmax of the model's logits.
         """
         keep = [i for i, r in enumerate(responses) if len(r) > 0]
         out = [torch.zeros(0) for _ in responses]
@@ -240,12 +263,23 @@ class PairScorer:
         seqs = [prompts[i] + responses[i] for i in keep]
         ids, mask = self._pad_left(seqs)  # (R, T)
         pos = (mask.cumsum(-1) - 1).clamp(min=0)
+        n_resp = torch.tensor([len(responses[i]) for i in keep], device=ids.device)  # (R,)
+        targets = ids[:, 1:]  # (R, T-1): position t predicts ids[:, t + 1]
+        cols = torch.arange(targets.shape[1], device=ids.device)
+        is_resp = cols[None] >= targets.shape[1] - n_resp[:, None]  # (R, T-1): the last n_resp targets of a row
+        head = fused_head(model)
         with torch.no_grad():
-            logits = model(input_ids=ids, attention_mask=mask, position_ids=pos, use_cache=False).logits
-        logps = torch.log_softmax(logits[:, :-1].float(), dim=-1)  # (R, T-1, V) predicts ids[:, 1:]
-        tok = logps.gather(-1, ids[:, 1:, None]).squeeze(-1)  # (R, T-1)
-        for row, i in enumerate(keep):
-            out[i] = tok[row, -len(responses[i]):].cpu()
+            if head is not None:
+                weight, bias, spec = head
+                hidden = final_hidden(model, ids, mask, pos)  # (R, T, H)
+                tok = kernels.token_logprobs(hidden[:, :-1][is_resp], weight, targets[is_resp], bias=bias,
+                                             **spec.kwargs())  # (N,) float32, N = Σ n_resp
+            else:
+                logits = model(input_ids=ids, attention_mask=mask, position_ids=pos, use_cache=False).logits
+                logps = torch.log_softmax(logits[:, :-1].float(), dim=-1)  # (R, T-1, V)
+                tok = logps.gather(-1, targets[..., None]).squeeze(-1)[is_resp]  # (N,)
+        for i, row in zip(keep, tok.float().cpu().split(n_resp.tolist())):  # row-major: each row's tokens in order
+            out[i] = row
         counter.add(owner[keep], ids.shape[1], 1)
         return out
 

@@ -1,9 +1,15 @@
 """PairScorer: cached steps and left-padded batches against re-encoding each sequence alone; accounting."""
 
+import copy
+import random
+
 import pytest
 import torch
 
-from search.scorer import ForwardCounter, PairScorer
+from search.scorer import ForwardCounter, PairScorer, fused_head
+from tests.search.conftest import full_sequence_logps
+from tests.tokendpo.test_lm_head_spec import tiny_model
+from tokendpo.modeling import build_preset, byte_level_tokenizer, load_model
 
 TOL = dict(atol=1e-5, rtol=0)
 
@@ -94,6 +100,62 @@ def test_sequence_logps_match_oracle(scorer, reference, make_prompts, rescore):
     got = scorer.sequence_logps(reference, prompts, responses, ForwardCounter(3), torch.arange(3))
     for p, r, g in zip(prompts, responses, got):
         torch.testing.assert_close(g.double(), rescore(reference, p, r), atol=1e-5, rtol=0)
+
+
+def _no_logits(module, args, output):
+    raise AssertionError("the LM head ran: rescoring built the (R, T, V) logits")
+
+
+@pytest.mark.parametrize("family", ["llama", "gemma2"])
+def test_rescoring_goes_through_the_kernel_and_equals_full_log_softmax(family, tmp_path):
+    """Fresh random weights (a tiny Llama; a Gemma-2 with soft-capped logits, c = 3): the reference log-probs of
+    finished responses equal log_softmax of the model's own full logits within 1e-5, and the LM head module
+    never runs (its product is fused into `kernels.token_logprobs`)."""
+    tok = byte_level_tokenizer()
+    seed = random.randrange(10**6)
+    if family == "llama":
+        model = load_model(str(build_preset("tiny-llama", tmp_path / "m", seed=seed))).eval()
+    else:
+        model = tiny_model("gemma2", seed, tok, layer_types=["full_attention"] * 2)
+        assert model.config.final_logit_softcapping == 3.0
+    assert fused_head(model) is not None
+    rng = random.Random(seed)
+    prompts = [[tok.bos_token_id] + [rng.randrange(4, 260) for _ in range(rng.randint(0, 7))] for _ in range(4)]
+    responses = [[rng.randrange(4, 260) for _ in range(rng.randint(1, 6))] for _ in range(3)] + [[]]
+    scorer = PairScorer(model, model, beta=0.5, pad_token_id=tok.pad_token_id)
+    handle = model.get_output_embeddings().register_forward_hook(_no_logits)
+    try:
+        got = scorer.sequence_logps(model, prompts, responses, ForwardCounter(4), torch.arange(4))
+    finally:
+        handle.remove()
+    for p, r, g in zip(prompts, responses, got):
+        assert g.dtype == torch.float32 and g.shape == (len(r),)
+        if r:
+            torch.testing.assert_close(g.double(), full_sequence_logps(model, p, r), atol=1e-5, rtol=0)
+
+
+def test_rescoring_falls_back_to_the_model_logits_for_a_head_the_kernels_cannot_express(reference, make_prompts):
+    """A head that is not a Linear (here: the Linear wrapped with a bias shift, as a custom head would be) has no
+    fused form: the scorer uses the model's own logits, and still equals the full log-softmax."""
+
+    class ShiftedHead(torch.nn.Module):
+        def __init__(self, linear):
+            super().__init__()
+            self.linear = linear
+            self.shift = torch.randn(linear.out_features)
+
+        def forward(self, h):
+            return self.linear(h) + self.shift
+
+    model = copy.deepcopy(reference)
+    model.set_output_embeddings(ShiftedHead(model.get_output_embeddings()))
+    assert fused_head(model) is None
+    prompts = make_prompts(3, seed=random.randrange(10**6))
+    responses = [[50, 60, 2], [70], [80, 90, 100, 110]]
+    scorer = PairScorer(model, model, beta=0.5, pad_token_id=0)
+    got = scorer.sequence_logps(model, prompts, responses, ForwardCounter(3), torch.arange(3))
+    for p, r, g in zip(prompts, responses, got):
+        torch.testing.assert_close(g.double(), full_sequence_logps(model, p, r), atol=1e-5, rtol=0)
 
 
 def test_bad_inputs(policy, reference, scorer):
