@@ -57,7 +57,8 @@ class LossInputs:
     len_r: torch.Tensor | None
     kl_c: torch.Tensor | None
     kl_r: torch.Tensor | None
-    plain_pi_c: torch.Tensor  # plain (never desensitised) chosen sums: the SFT term
+    plain_pi_c: torch.Tensor  # plain (never desensitised) chosen sums: the SFT term and the WPO weights
+    plain_pi_r: torch.Tensor  # plain rejected sums: the WPO weights
 
     @property
     def rho_c(self) -> torch.Tensor:

@@ -209,7 +209,9 @@ def preference_loss(
 
     L = Σ_k w_k·L_k over the loss types of `loss_type` (one, or a comma-separated mixture); each L_k is
     defined in the docstring of its function in `LOSSES` (formula and paper); the module docstring defines the
-    notation and the options `f_divergence`, `ld_alpha` and `use_weighting`.
+    notation and the options `f_divergence`, `ld_alpha` and `use_weighting`. The steps are in `_terms`.
+
+    Length: the public contract (every option a keyword, each documented here); the body is one call.
 
     Args:
         policy_chosen_logps, policy_rejected_logps: [B] summed response log-probs under the policy.
@@ -282,12 +284,46 @@ def _terms(policy_chosen_logps, policy_rejected_logps, reference_chosen_logps, r
            policy_rejected_token_logps=None, reference_chosen_token_logps=None,
            reference_rejected_token_logps=None, use_weighting=False, chosen_log_sum_sq=None,
            rejected_log_sum_sq=None):
+    """`preference_loss_terms`, in the order of the algorithm: check the options → check the inputs they need →
+    the per-pair quantities of the losses (`LossInputs`: LD-DPO sums, f-divergence scores) → the rewards → the
+    WPO weights → each loss term."""
     names, weights = check_options(loss_type, beta=beta, label_smoothing=label_smoothing, loss_weights=loss_weights,
                                    f_divergence=f_divergence, f_alpha=f_alpha, discopop_tau=discopop_tau,
                                    ld_alpha=ld_alpha, use_weighting=use_weighting)
     needs = loss_needs(names, ld_alpha=ld_alpha, use_weighting=use_weighting)
-    label = ",".join(names)
+    token = {"policy_chosen_token_logps": policy_chosen_token_logps,
+             "policy_rejected_token_logps": policy_rejected_token_logps,
+             "reference_chosen_token_logps": reference_chosen_token_logps,
+             "reference_rejected_token_logps": reference_rejected_token_logps}
+    chosen_lengths, rejected_lengths = _check_inputs(
+        ",".join(names), needs, token, policy_chosen_logps=policy_chosen_logps,
+        policy_rejected_logps=policy_rejected_logps, reference_chosen_logps=reference_chosen_logps,
+        reference_rejected_logps=reference_rejected_logps, chosen_lengths=chosen_lengths,
+        rejected_lengths=rejected_lengths, chosen_kl=chosen_kl, rejected_kl=rejected_kl,
+        chosen_log_sum_sq=chosen_log_sum_sq, rejected_log_sum_sq=rejected_log_sum_sq)
+    x = _loss_inputs(needs, tuple(token.values()), policy_chosen_logps, policy_rejected_logps,
+                     reference_chosen_logps, reference_rejected_logps, chosen_lengths, rejected_lengths, chosen_kl,
+                     rejected_kl, beta=beta, eps=label_smoothing, alpha=alpha, gamma=gamma,
+                     discopop_tau=discopop_tau, f_divergence=f_divergence, f_alpha=f_alpha, ld_alpha=ld_alpha)
+    if needs.reference:
+        chosen_rewards = implicit_reward(x.pi_c, x.ref_c, beta)  # β·(π_c − ref_c)
+        rejected_rewards = implicit_reward(x.pi_r, x.ref_r, beta)  # β·(π_r − ref_r)
+    else:  # simpo alone (parse_loss_types refuses it in a mixture)
+        chosen_rewards, rejected_rewards = _simpo_rewards(x)
+    pair_weight = _wpo_weights(x, chosen_log_sum_sq, rejected_log_sum_sq) if use_weighting else None
+    terms = {}
+    for name in names:
+        losses = LOSSES[name].fn(x)
+        terms[name] = losses * pair_weight if pair_weight is not None else losses
+    return terms, chosen_rewards, rejected_rewards, dict(zip(names, weights))
 
+
+def _check_inputs(label: str, needs: LossNeeds, token: dict[str, torch.Tensor | None], *, policy_chosen_logps,
+                  policy_rejected_logps, reference_chosen_logps, reference_rejected_logps, chosen_lengths,
+                  rejected_lengths, chosen_kl, rejected_kl, chosen_log_sum_sq,
+                  rejected_log_sum_sq) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+    """Every input the losses `label` need is present, [B] (token log-probs [B, L]) and floating; raises
+    ValueError/TypeError naming it. Returns the lengths as tensors (None when not needed)."""
     batch = _check_vector("policy_chosen_logps", policy_chosen_logps, None)
     _check_vector("policy_rejected_logps", policy_rejected_logps, batch)
     if needs.reference:
@@ -309,58 +345,50 @@ def _terms(policy_chosen_logps, policy_rejected_logps, reference_chosen_logps, r
         _require("use_weighting", chosen_log_sum_sq=chosen_log_sum_sq, rejected_log_sum_sq=rejected_log_sum_sq)
         _check_vector("chosen_log_sum_sq", chosen_log_sum_sq, batch)
         _check_vector("rejected_log_sum_sq", rejected_log_sum_sq, batch)
-    token = (policy_chosen_token_logps, policy_rejected_token_logps, reference_chosen_token_logps,
-             reference_rejected_token_logps)
     if needs.token_logps:
-        token_names = ("policy_chosen_token_logps", "policy_rejected_token_logps", "reference_chosen_token_logps",
-                       "reference_rejected_token_logps")
-        _require("ld_alpha", **{n: t for n, t in zip(token_names, token) if needs.reference or "policy" in n})
-        for n, t in zip(token_names, token):
+        _require("ld_alpha", **{n: t for n, t in token.items() if needs.reference or "policy" in n})
+        for n, t in token.items():
             if t is not None:
                 _check_matrix(n, t, batch)
+    return chosen_lengths, rejected_lengths
 
-    # Math in fp32 at least (fp64 stays fp64): the margins are differences of large sums.
-    dtype = torch.promote_types(policy_chosen_logps.dtype, torch.float32)
-    device = policy_chosen_logps.device
-    pi_c, pi_r = policy_chosen_logps.to(dtype), policy_rejected_logps.to(dtype)
+
+def _loss_inputs(needs: LossNeeds, token: tuple, pi_c, pi_r, ref_c, ref_r, len_c, len_r, kl_c, kl_r, *,
+                 beta: float, eps: float, alpha: float, gamma: float, discopop_tau: float, f_divergence: str,
+                 f_alpha: float, ld_alpha: float | None) -> LossInputs:
+    """The per-pair quantities every loss reads, in fp32 at least (fp64 stays fp64: the margins are differences
+    of large sums): the sums (LD-DPO-desensitised under `ld_alpha`; `token` = the four [B, L] per-token
+    log-probs), the f-divergence scores s = f'(e^ρ), lengths and KLs."""
+    dtype = torch.promote_types(pi_c.dtype, torch.float32)
+    device = pi_c.device
+    pi_c, pi_r = pi_c.to(dtype), pi_r.to(dtype)
     plain_pi_c, plain_pi_r = pi_c, pi_r
-    ref_c = ref_r = None
     if needs.reference:
-        ref_c, ref_r = reference_chosen_logps.to(dtype), reference_rejected_logps.to(dtype)
-    len_c = len_r = None
+        ref_c, ref_r = ref_c.to(dtype), ref_r.to(dtype)
+    else:
+        ref_c = ref_r = None
     if needs.lengths:  # lengths may arrive as ints or on the CPU
-        len_c = chosen_lengths.to(device=device, dtype=dtype)
-        len_r = rejected_lengths.to(device=device, dtype=dtype)
+        len_c, len_r = len_c.to(device=device, dtype=dtype), len_r.to(device=device, dtype=dtype)
+    else:
+        len_c = len_r = None
     if ld_alpha is not None:
         pi_c, pi_r = _desensitise(token[0], token[1], len_c, len_r, ld_alpha, dtype)
         if needs.reference:
             ref_c, ref_r = _desensitise(token[2], token[3], len_c, len_r, ld_alpha, dtype)
-
     s_c = s_r = None
     if needs.reference:
         s_c, s_r = f_score(pi_c - ref_c, f_divergence, f_alpha), f_score(pi_r - ref_r, f_divergence, f_alpha)
-    x = LossInputs(beta=beta, eps=label_smoothing, alpha=alpha, gamma=gamma, discopop_tau=discopop_tau,
-                   pi_c=pi_c, pi_r=pi_r, ref_c=ref_c, ref_r=ref_r, s_c=s_c, s_r=s_r, len_c=len_c, len_r=len_r,
-                   kl_c=None if chosen_kl is None else chosen_kl.to(dtype),
-                   kl_r=None if rejected_kl is None else rejected_kl.to(dtype), plain_pi_c=plain_pi_c)
+    return LossInputs(beta=beta, eps=eps, alpha=alpha, gamma=gamma, discopop_tau=discopop_tau, pi_c=pi_c, pi_r=pi_r,
+                      ref_c=ref_c, ref_r=ref_r, s_c=s_c, s_r=s_r, len_c=len_c, len_r=len_r,
+                      kl_c=None if kl_c is None else kl_c.to(dtype), kl_r=None if kl_r is None else kl_r.to(dtype),
+                      plain_pi_c=plain_pi_c, plain_pi_r=plain_pi_r)
 
-    if needs.reference:
-        chosen_rewards = implicit_reward(pi_c, ref_c, beta)  # β·(π_c − ref_c)
-        rejected_rewards = implicit_reward(pi_r, ref_r, beta)  # β·(π_r − ref_r)
-    else:  # simpo alone (parse_loss_types refuses it in a mixture)
-        chosen_rewards, rejected_rewards = _simpo_rewards(x)
 
-    pair_weight = None
-    if use_weighting:  # WPO: w = exp(mean_t(log p_t − log Σ_v p_v²)) of each response, no gradient
-        with torch.no_grad():
-            q_c, q_r = chosen_log_sum_sq.to(dtype), rejected_log_sum_sq.to(dtype)
-            pair_weight = torch.exp((plain_pi_c.detach() - q_c) / len_c) * torch.exp((plain_pi_r.detach() - q_r) / len_r)
-
-    terms = {}
-    for name in names:
-        losses = LOSSES[name].fn(x)
-        terms[name] = losses * pair_weight if pair_weight is not None else losses
-    return terms, chosen_rewards, rejected_rewards, dict(zip(names, weights))
+def _wpo_weights(x: LossInputs, chosen_log_sum_sq: torch.Tensor, rejected_log_sum_sq: torch.Tensor) -> torch.Tensor:
+    """WPO: w = exp(mean_t(log p_t − log Σ_v p_v²)) of each response, multiplied over the pair; [B], no gradient."""
+    with torch.no_grad():
+        q_c, q_r = chosen_log_sum_sq.to(x.pi_c.dtype), rejected_log_sum_sq.to(x.pi_c.dtype)
+        return torch.exp((x.plain_pi_c.detach() - q_c) / x.len_c) * torch.exp((x.plain_pi_r.detach() - q_r) / x.len_r)
 
 
 def f_score(rho: torch.Tensor, f_divergence: str = "reverse_kl", f_alpha: float = 0.5) -> torch.Tensor:
