@@ -64,6 +64,8 @@ class Recipe:
     dpo_lr: float = 1e-3
     max_new_tokens: int = 24
     eval_prompts: int = 256
+    max_length: int = 64           # DPO data: prompt + response tokens (responses right-truncated to fit)
+    max_prompt_length: int = 32    # DPO data: prompts left-truncated to this many tokens
 
 
 RECIPE_NAMES = ("plain", "rpo")  # plain DPO (rpo_alpha = 0): the theory-facing policy; rpo: + an NLL term

@@ -49,6 +49,8 @@ from tokendpo.training import train
 
 STAGES = ("sft", "pairs", "dpo", "eval")
 COMPLETE = ".complete"
+# Values that runs recorded before these settings were in the recipe used (then fixed in the code).
+LEGACY_SETTINGS = {"max_length": 64, "max_prompt_length": 32}
 
 
 @dataclass
@@ -76,6 +78,8 @@ class PipelineSettings:
     dpo_lr: float = 0.0
     max_new_tokens: int = 0
     eval_prompts: int = 0
+    max_length: int = 0
+    max_prompt_length: int = 0
 
     @classmethod
     def resolve(cls, task: Task, *, seed: int = 0, quick: bool = False, recipe: str | None = None,
@@ -90,6 +94,10 @@ class PipelineSettings:
         if unknown:
             raise ValueError(f"unknown pipeline settings: {', '.join(sorted(unknown))}")
         r.update({k: v for k, v in overrides.items() if v is not None})
+        if not 1 <= r["max_prompt_length"] < r["max_length"] <= task.shape.max_position_embeddings:
+            raise ValueError(f"task {task.name}: need 1 <= max_prompt_length < max_length <= the model's "
+                             f"{task.shape.max_position_embeddings} positions, got max_prompt_length="
+                             f"{r['max_prompt_length']}, max_length={r['max_length']}")
         return cls(task=task.name, recipe=recipe, seed=seed, quick=quick, **r)
 
 
@@ -187,8 +195,8 @@ def dpo_config(s: PipelineSettings, sft_dir: Path, pairs_path: Path, eval_pairs_
     cfg.model.model = str(sft_dir)
     cfg.data.dataset = str(pairs_path)
     cfg.data.eval_dataset = str(eval_pairs_path)
-    cfg.data.max_length = 64
-    cfg.data.max_prompt_length = 32
+    cfg.data.max_length = s.max_length
+    cfg.data.max_prompt_length = s.max_prompt_length
     cfg.loss.beta = s.beta
     cfg.loss.rpo_alpha = s.rpo_alpha
     cfg.optim.learning_rate = s.dpo_lr
@@ -252,6 +260,8 @@ def _run_locked(t: Task, s: "PipelineSettings", out: Path, stages: tuple[str, ..
     """The stages in order, each skipped when done; an unfinished DPO stage resumes from its newest checkpoint."""
     record_path = out / "pipeline.json"
     record = json.loads(record_path.read_text()) if record_path.exists() else {}
+    if record:  # settings added since a run was recorded take the value that run used
+        record["settings"] = {**LEGACY_SETTINGS, **record.get("settings", {})}
     if record and record.get("settings") != asdict(s):
         raise ValueError(f"{out} holds a run with other settings ({record_path}); use another --output_dir or "
                          f"delete it. Saved: {record.get('settings')}; now: {asdict(s)}")

@@ -79,3 +79,45 @@ def test_ceiling_bounds_the_corpus(name):
     task = get_task(name)
     for p, r in task.corpus(300, seed=5):
         assert task.gold_reward(p, r) <= task.ceiling(p) + 1e-12
+
+
+@pytest.mark.parametrize("name", sorted(TASKS))
+def test_recipe_lengths_reach_the_dpo_config(name, tmp_path):
+    """The DPO stage's max_length / max_prompt_length come from the task recipe: 64 / 32 by default (the values
+    the pipeline used before they were in the recipe), and a recipe with other lengths gets exactly those."""
+    import copy
+    import json
+    import random
+    from dataclasses import asdict, replace
+
+    from tokendpo.tasks.pipeline import PipelineSettings, _run_locked, dpo_config
+
+    task = get_task(name)
+    pairs = tmp_path / "pairs.jsonl"
+    pairs.write_text(json.dumps({"prompt": "a", "chosen": "b", "rejected": "c"}) + "\n")
+    config = lambda s: dpo_config(s, tmp_path / "sft", pairs, pairs, tmp_path / "dpo", progress=False)  # noqa: E731
+    for recipe in task.recipes:
+        cfg = config(PipelineSettings.resolve(task, recipe=recipe, seed=0))
+        assert (cfg.data.max_length, cfg.data.max_prompt_length) == (64, 32)
+
+    rng = random.Random()
+    n_prompt = rng.randint(2, 30)
+    n_total = rng.randint(n_prompt + 1, task.shape.max_position_embeddings)
+    other = copy.copy(task)
+    other.recipes = {k: replace(r, max_length=n_total, max_prompt_length=n_prompt) for k, r in task.recipes.items()}
+    s = PipelineSettings.resolve(other, recipe="plain", seed=0)
+    cfg = config(s)
+    assert (cfg.data.max_length, cfg.data.max_prompt_length) == (n_total, n_prompt)
+    with pytest.raises(ValueError, match="max_prompt_length < max_length"):
+        PipelineSettings.resolve(task, seed=0, max_length=task.shape.max_position_embeddings + 1)
+
+    # a run recorded before the lengths were settings is the default run; one recorded with other lengths is not
+    out = tmp_path / "run"
+    out.mkdir()
+    default = asdict(PipelineSettings.resolve(task, seed=0))
+    legacy = {k: v for k, v in default.items() if k not in ("max_length", "max_prompt_length")}
+    (out / "pipeline.json").write_text(json.dumps({"settings": legacy}))
+    assert _run_locked(task, PipelineSettings.resolve(task, seed=0), out, (), False, False) == {}
+    (out / "pipeline.json").write_text(json.dumps({"settings": asdict(s)}))
+    with pytest.raises(ValueError, match="other settings"):
+        _run_locked(task, PipelineSettings.resolve(task, seed=0, recipe="plain"), out, (), False, False)
