@@ -326,7 +326,7 @@ def _check_args(a, tasks) -> None:
         raise ValueError(f"--output_dir {out}: exists and is not a directory")
 
 
-def main(argv: list[str] | None = None) -> int:
+def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="python -m tokendpo.credit", description=__doc__.split("\n\n")[0])
     ap.add_argument("--policy", required=True, help="DPO policy dir")
     ap.add_argument("--ref", required=True, help="reference (SFT) dir")
@@ -345,39 +345,40 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--beta", type=float, default=None, help="default: the policy's training β (else 0.1)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--output_dir", default=None, help="where credit.html/.png/.json go (default: --policy)")
-    a = ap.parse_args(argv)
-    if (a.prompt is None) == (a.task is None):
-        ap.error("give either --task NAME or --prompt P --response Y")
-    if a.prompt is not None and a.response is None:
-        ap.error("--prompt needs --response")
+    return ap
 
-    from tokendpo.eval import token_rewards
+
+def _load(a):
+    """(policy, reference, tokenizer) after every argument check; raises OSError / ValueError."""
     from tokendpo.model_checks import check_model_fits_tokenizer, check_same_model_vocab
     from tokendpo.modeling import load_model, load_tokenizer
-    from tokendpo.rundir import write_atomic
     from tokendpo.tasks import TASKS
 
-    try:
-        _check_args(a, TASKS)
-        tokenizer = load_tokenizer(a.policy)
-        policy, reference = load_model(a.policy).eval(), load_model(a.ref).eval()
-        check_model_fits_tokenizer(policy, tokenizer, f"--policy {a.policy}")
-        check_same_model_vocab(policy, reference, f"--policy {a.policy}", f"--ref {a.ref}")
-    except (OSError, ValueError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    beta = a.beta if a.beta is not None else training_beta(a.policy)
-    out = Path(a.output_dir or a.policy)
-    if a.prompt is not None:
-        responses = [a.response] + ([a.rejected] if a.rejected is not None else [])
-        rows = token_rewards(policy, reference, tokenizer, [a.prompt] * len(responses), responses, beta=beta)
-        labels = ["chosen", "rejected"] if a.rejected is not None else ["response"]
-        paths = write_views(rows, labels, out / "credit", prompt=a.prompt)
-        for lab, row in zip(labels, rows):
-            print(f"{lab}: " + " ".join(f"{p.strip()}[{r:+.3f}]" for p, r in zip(_pieces(row), row["rewards"])))
-        print(f"wrote {paths[0]} and {paths[1]}")
-        return 0
+    _check_args(a, TASKS)
+    tokenizer = load_tokenizer(a.policy)
+    policy, reference = load_model(a.policy).eval(), load_model(a.ref).eval()
+    check_model_fits_tokenizer(policy, tokenizer, f"--policy {a.policy}")
+    check_same_model_vocab(policy, reference, f"--policy {a.policy}", f"--ref {a.ref}")
+    return policy, reference, tokenizer
 
+
+def _pair_view(a, policy, reference, tokenizer, beta: float, out: Path) -> int:
+    """--prompt/--response[/--rejected]: print each token's reward and write credit.html / credit.png."""
+    from tokendpo.eval import token_rewards
+
+    responses = [a.response] + ([a.rejected] if a.rejected is not None else [])
+    rows = token_rewards(policy, reference, tokenizer, [a.prompt] * len(responses), responses, beta=beta)
+    labels = ["chosen", "rejected"] if a.rejected is not None else ["response"]
+    paths = write_views(rows, labels, out / "credit", prompt=a.prompt)
+    for lab, row in zip(labels, rows):
+        print(f"{lab}: " + " ".join(f"{p.strip()}[{r:+.3f}]" for p, r in zip(_pieces(row), row["rewards"])))
+    print(f"wrote {paths[0]} and {paths[1]}")
+    return 0
+
+
+def _task_view(a, policy, reference, tokenizer, beta: float, out: Path) -> int:
+    """--task: the credit-assignment score (credit.json, printed table) and views of a few scored answers."""
+    from tokendpo.rundir import write_atomic
     from tokendpo.tasks import get_task
 
     task = get_task(a.task)
@@ -398,6 +399,23 @@ def main(argv: list[str] | None = None) -> int:
     print(format_rows(rows))
     return 0
 
+
+def main(argv: list[str] | None = None) -> int:
+    ap = build_parser()
+    a = ap.parse_args(argv)
+    if (a.prompt is None) == (a.task is None):
+        ap.error("give either --task NAME or --prompt P --response Y")
+    if a.prompt is not None and a.response is None:
+        ap.error("--prompt needs --response")
+    try:
+        policy, reference, tokenizer = _load(a)
+    except (OSError, ValueError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    beta = a.beta if a.beta is not None else training_beta(a.policy)
+    out = Path(a.output_dir or a.policy)
+    view = _pair_view if a.prompt is not None else _task_view
+    return view(a, policy, reference, tokenizer, beta, out)
 
 if __name__ == "__main__":
     raise SystemExit(main())
