@@ -68,6 +68,12 @@ class ChunkedTokenStats(torch.autograd.Function):
     @staticmethod
     def forward(ctx, hidden, weight, bias, targets, ignore_index, entropy, ref_hidden, ref_weight, ref_bias,
                 head, ref_head, extras, token_chunk, vocab_chunk):
+        """One pass over (vocabulary tile × token chunk) tiles of the logits with the online log-sum-exp; each
+        optional statistic (entropy, KL to the reference head, log Σp², mean logit, is-top-1) updates beside the
+        running max it is rescaled by.
+
+        Length: the running sums of every optional statistic share each tile's buffers and its running max, so
+        they are updated in one loop body; as helpers, each would take and return a dozen running tensors."""
         N, V = hidden.shape[0], weight.shape[0]
         cdt = compute_dtype(hidden.dtype)
         kl = ref_hidden is not None
@@ -144,6 +150,10 @@ class ChunkedTokenStats(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, g_lp, g_ent, g_kl, *_):
+        """dL/dz tile by tile, recomputed from the saved lse (never stored at N×V), then dh, dW, db by matmul.
+
+        Length: the tile's dL/dy is formed in place in one buffer (log-prob, entropy, KL and one-hot terms, then
+        the head's chain rule), which keeps the extra memory of the chunked path at a few tile-sized buffers."""
         hidden, weight, bias, targets, lse, ent, ref_hidden, ref_weight, ref_bias, lse_r = ctx.saved_tensors
         token_chunk, vocab_chunk = ctx.chunks
         head, ref_head = ctx.heads

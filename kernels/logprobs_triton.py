@@ -89,6 +89,11 @@ def _fwd_kernel(h_ptr, w_ptr, b_ptr, t_ptr, rh_ptr, rw_ptr, rb_ptr, hp_ptr,
                 HEAD: tl.constexpr, REF_HEAD: tl.constexpr, LSQ: tl.constexpr, MEAN: tl.constexpr,
                 TOP1: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_V: tl.constexpr, BLOCK_H: tl.constexpr,
                 UPCAST: tl.constexpr, PREC: tl.constexpr):
+    """One program: BLOCK_N rows, one pass over the vocabulary in BLOCK_V tiles with the online log-sum-exp, and
+    every statistic its constexpr flags ask for updated beside it.
+
+    Length: one Triton program whose running accumulators (one per optional statistic) stay in registers across
+    the vocabulary loop; jit helpers would have to take and return all of them."""
     ACC: tl.constexpr = tl.float64 if h_ptr.dtype.element_ty == tl.float64 else tl.float32
     rows = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
     row_ok = rows < N
