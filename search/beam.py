@@ -92,7 +92,7 @@ def beam_search(scorer: PairScorer, prompts: list[list[int]], *, num_beams: int,
     state = scorer.select(state, torch.arange(B).repeat_interleave(K))  # K identical rows per prompt
     dev = state.policy_logps.device
     running = torch.zeros(B, K, device=dev)
-    running[:, 1:] = NEG
+    running[:, 1:] = NEG  # the K rows are identical: only beam 0's candidates may compete at t = 0
     empty = torch.zeros(B * K, 0, device=dev)
     beams = _Beams(running, empty.long(), empty, empty, torch.arange(B * K, device=dev), list(range(B)))
     finished: list[list[tuple[float, torch.Tensor, torch.Tensor, torch.Tensor]]] = [[] for _ in range(B)]
