@@ -229,20 +229,25 @@ class Generation:
 
 @torch.no_grad()
 def generate(model, prompts: list[list[int]], *, max_new_tokens: int, eos_token_id: int, pad_token_id: int,
-             sampler: Sampler = Sampler(), seed: int = 0, keys: Sequence[int] | None = None) -> Generation:
-    """One response per prompt from `model`: `token_loop` over the model's own KV cache.
+             sampler: Sampler = Sampler(), seed: int = 0, keys: Sequence[int] | None = None,
+             n: int = 1) -> Generation:
+    """`n` responses per prompt from `model` (rows grouped by prompt: prompt i's j-th response is row i·n + j):
+    `token_loop` over the model's own KV cache. Each prompt is prefilled once and its cache fanned out n ways.
 
-    Sampling draws row i's t-th token from `row_uniforms(seed, keys)[i, t]` (keys default 0..R−1), so a prompt
-    with the same key gets the same response in any batch. Greedy ignores the seed. The returned log-probs are
-    log p(a_t | prompt, a_<t) from the unrestricted distribution at temperature 1.
+    Sampling draws the t-th token of row (i, j) from `row_uniforms(seed, [keys[i]·n + j])[t]` (keys default
+    0..P−1), so a prompt with the same key gets the same responses in any batch. Greedy ignores the seed. The
+    returned log-probs are log p(a_t | prompt, a_<t) from the unrestricted distribution at temperature 1.
     """
-    n = len(prompts)
-    tokens: list[list[int]] = [[] for _ in range(n)]
-    logps: list[list[float]] = [[] for _ in range(n)]
-    if max_new_tokens <= 0 or n == 0:
+    if n < 1:
+        raise ValueError(f"n (responses per prompt) must be >= 1, got {n}")
+    rows = len(prompts) * n
+    tokens: list[list[int]] = [[] for _ in range(rows)]
+    logps: list[list[float]] = [[] for _ in range(rows)]
+    if max_new_tokens <= 0 or rows == 0:
         return Generation(tokens, logps)
-    keys = range(n) if keys is None else keys
-    uniforms = None if sampler.greedy else row_uniforms(seed, keys, max_new_tokens)  # (R, max_new_tokens)
+    keys = range(len(prompts)) if keys is None else keys
+    row_keys = [int(k) * n + j for k in keys for j in range(n)]
+    uniforms = None if sampler.greedy else row_uniforms(seed, row_keys, max_new_tokens)  # (R, max_new_tokens)
 
     def choose(state: LMState, alive: list[int]) -> torch.Tensor:
         u = None
@@ -254,7 +259,9 @@ def generate(model, prompts: list[list[int]], *, max_new_tokens: int, eos_token_
         return tok
 
     model.eval()
-    token_loop(lm_prefill(model, prompts, pad_token_id), tokens, steps=max_new_tokens,
-               max_new_tokens=max_new_tokens, eos_token_id=eos_token_id, choose=choose,
-               step=lambda s, t: lm_step(model, s, t), select=lm_select)
+    state = lm_prefill(model, prompts, pad_token_id)  # (P, ·)
+    if n > 1:
+        state = lm_select(state, torch.arange(len(prompts)).repeat_interleave(n))  # (P·n, ·): one prefill each
+    token_loop(state, tokens, steps=max_new_tokens, max_new_tokens=max_new_tokens, eos_token_id=eos_token_id,
+               choose=choose, step=lambda s, t: lm_step(model, s, t), select=lm_select)
     return Generation(tokens, logps)

@@ -120,6 +120,24 @@ def test_a_row_draws_the_same_in_any_batch(model64):
     assert other != batch
 
 
+def test_n_responses_share_one_prefill_and_keep_their_streams(model64):
+    """n = 3 from one prefill per prompt == each prompt written out 3 times (row keys k·3 + j): the fanned-out
+    cache continues exactly as a fresh prefill would; also == the naive sampler with those rows' uniforms."""
+    seed = int(torch.randint(0, 10_000, ()).item())
+    prompts = random_prompts(4, seed=seed)
+    kw = dict(max_new_tokens=6, eos_token_id=EOS, pad_token_id=PAD, seed=seed)
+    fanned = generate(model64, prompts, n=3, keys=[5, 6, 7, 8], **kw)
+    written = generate(model64, [p for p in prompts for _ in range(3)], keys=range(15, 27), **kw)
+    assert fanned.tokens == written.tokens
+    torch.testing.assert_close(torch.tensor(sum(fanned.logps, [])), torch.tensor(sum(written.logps, [])),
+                               atol=1e-9, rtol=0)
+    u = row_uniforms(seed, range(15, 27), 6)
+    assert fanned.tokens == [naive_sample(model64, p, 6, u[3 * i + j], 1.0) for i, p in enumerate(prompts)
+                             for j in range(3)]
+    with pytest.raises(ValueError, match="n .* must be >= 1"):
+        generate(model64, prompts, n=0, **kw)
+
+
 def naive_support(logits: torch.Tensor, top_k: int, top_p: float, banned: list[int]) -> set[int]:
     """One row's candidates, written out: drop banned, keep the k largest (ties at the k-th kept), then the
     most likely tokens until their mass reaches top_p."""

@@ -62,3 +62,16 @@ def test_batch_size_does_not_change_the_samples(model_and_tok):
         model.to(torch.float32)
     assert a == b
     assert a[0][10:] != c[0]  # a row's stream is keyed by its index in `prompts`, not by its text
+
+
+def test_n_responses_per_prompt_are_the_prompts_written_out(model_and_tok):
+    """n = 3 (one prefill per prompt) gives what sampling each prompt written out 3 times gives, grouped by prompt."""
+    model, tok, prompts = model_and_tok
+    m64 = model.to(torch.float64)
+    try:
+        a = sample(m64, tok, prompts[:9], max_new_tokens=5, seed=6, n=3, batch_size=12)
+        b = sample(m64, tok, [p for p in prompts[:9] for _ in range(3)], max_new_tokens=5, seed=6, batch_size=7)
+    finally:
+        model.to(torch.float32)
+    assert len(a[0]) == len(a[1]) == 27
+    assert a == b
