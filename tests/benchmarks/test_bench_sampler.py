@@ -44,25 +44,26 @@ def test_each_arm_samples_the_models_distribution(tiny, arm):
 
 def test_rows_are_consistent(tiny):
     model, tok, prompts = tiny
-    row = bench_sampler.compare("tiny", model, tok, prompts, new_tokens=5, batch=5, runs=3, threads=1)
-    assert set(row) == {"model", "batch", "prompts", "new_tokens", "ours_s", "hf_generate_s", "speedup",
-                        "speedup_range", "runs", "ours_tokens", "hf_tokens", "ours_times", "hf_times", "search_s",
-                        "search_tokens", "threads"}
+    row = bench_sampler.compare("tiny", model, tok, prompts[:6], k=2, new_tokens=5, batch=5, runs=3, threads=1)
+    assert set(row) == {"model", "batch", "prompts", "samples_per_prompt", "new_tokens", "ours_s", "hf_generate_s",
+                        "speedup", "speedup_range", "runs", "ours_unshared_s", "search_s", "ours_tokens", "hf_tokens",
+                        "ours_times", "hf_times", "threads"}
+    assert (row["prompts"], row["samples_per_prompt"]) == (6, 2)
     assert row["runs"] == len(row["ours_times"]) == len(row["hf_times"]) == 3
     assert row["ours_s"] == pytest.approx(statistics.median(row["ours_times"]), abs=2e-3)
     assert row["hf_generate_s"] == pytest.approx(statistics.median(row["hf_times"]), abs=2e-3)
     assert row["speedup"] == pytest.approx(row["hf_generate_s"] / row["ours_s"], rel=0.02)
     paired = [h / o for o, h in zip(row["ours_times"], row["hf_times"])]
     assert row["speedup_range"] == pytest.approx([min(paired), max(paired)], rel=0.02)
-    for key in ("ours_tokens", "hf_tokens", "search_tokens"):
-        assert len(prompts) <= row[key] <= len(prompts) * 5  # every row gets ≥ 1 token, at most the budget
+    for key in ("ours_tokens", "hf_tokens"):
+        assert 12 <= row[key] <= 12 * 5  # 6 prompts × 2 responses: each ≥ 1 token, at most the budget
 
 
 def test_quick_and_bad_flags_write_nothing(tmp_path, monkeypatch, capsys):
     monkeypatch.setattr(results_file, "RESULTS_DIR", tmp_path)
     assert bench_sampler.main(["--quick"]) == 0
     out = capsys.readouterr().out
-    assert "| sentiment-shape (random) | 8 | 24 | 24 |" in out
+    assert "| sentiment-shape (random) | 8 | 8 × 2 | 24 |" in out
     assert bench_sampler.main(["--runs", "0"]) == 2
     assert "error: --runs must be >= 1" in capsys.readouterr().err
     assert list(tmp_path.iterdir()) == []
