@@ -185,18 +185,23 @@ def _lm_forward(model, ids, mask, pos, cache):
     return torch.log_softmax(out.logits[:, -1].float(), dim=-1), (cache if returned is None else returned)
 
 
-def lm_prefill(model, prompts: list[list[int]], pad_token_id: int) -> LMState:
-    """Left-pad the prompts (R rows) and run them through `model` once: the state before the first token."""
+def left_pad(prompts: list[list[int]], pad_token_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(ids, attention_mask), each (R, T) long: the prompts right-aligned, pad / 0 before them."""
     if any(len(p) == 0 for p in prompts):
         raise ValueError("a prompt has no tokens; give an empty prompt a BOS/EOS token first")
-    device = next(model.parameters()).device
     width = max(len(p) for p in prompts)
     ids = torch.full((len(prompts), width), pad_token_id, dtype=torch.long)
     mask = torch.zeros((len(prompts), width), dtype=torch.long)
     for i, p in enumerate(prompts):
         ids[i, width - len(p):] = torch.tensor(p, dtype=torch.long)
         mask[i, width - len(p):] = 1
-    ids, mask = ids.to(device), mask.to(device)
+    return ids, mask
+
+
+def lm_prefill(model, prompts: list[list[int]], pad_token_id: int) -> LMState:
+    """Left-pad the prompts (R rows) and run them through `model` once: the state before the first token."""
+    device = next(model.parameters()).device
+    ids, mask = (t.to(device) for t in left_pad(prompts, pad_token_id))  # (R, T)
     pos = (mask.cumsum(-1) - 1).clamp(min=0)  # real tokens at 0..n-1 whatever the padding
     config = getattr(model, "config", None)
     cache = DynamicCache(config=config) if config is not None and hasattr(config, "get_text_config") else DynamicCache()
