@@ -3,6 +3,8 @@
     python -m benchmarks.paper_search --out /work/paper_out --threads 1     # full run (both tasks, ~1 h)
     python -m benchmarks.paper_search --quick --out /tmp/ps                 # smoke run (tiny training, 4 prompts)
     python -m benchmarks.paper_search --out /work/paper_out --report_only   # tables, plot, JSON from the rows
+    python -m benchmarks.paper_search --out OUT2 --eval_seed 1 --tasks arithmetic --jobs final \
+        --results paper_search_confirm     # the same policies (OUT2/TASK/dpo_beta* may link to OUT's) on fresh prompts
 
 Policies: the tasks' plain-DPO recipe (rpo_alpha = 0, so the DPO optimum π_ref·exp(r/β)/Z holds). Per task, one
 SFT model and one set of preference pairs — reused from `--reuse ROOT/TASK` (the tasks report's pipeline dir)
@@ -73,12 +75,18 @@ class Job:
     decoders: str
 
 
-def plan(tasks: list[str], main_beta: float, variant_betas: tuple[float, ...]) -> list[Job]:
+JOB_KINDS = ("final", "frontier", "early", "variants")
+
+
+def plan(tasks: list[str], main_beta: float, variant_betas: tuple[float, ...], kinds=JOB_KINDS) -> list[Job]:
+    """The jobs in priority order: per task the main β's final grid, its frontier, its early grid; then the
+    β variants of every task. `kinds` keeps a subset."""
     jobs = []
     for t in tasks:
-        jobs += [Job(t, main_beta, "final", "main"), Job(t, main_beta, "final", "frontier"),
-                 Job(t, main_beta, "early", "main")]
-    return jobs + [Job(t, b, "final", "best") for t in tasks for b in variant_betas]
+        jobs += [j for k, j in (("final", Job(t, main_beta, "final", "main")),
+                                ("frontier", Job(t, main_beta, "final", "frontier")),
+                                ("early", Job(t, main_beta, "early", "main"))) if k in kinds]
+    return jobs + [Job(t, b, "final", "best") for t in tasks for b in variant_betas if "variants" in kinds]
 
 
 # ------------------------------------------------------------------------------------------------ training
@@ -192,12 +200,12 @@ def run_job(job: Job, a, out: Path, overrides: dict, rows: list[dict]) -> None:
     max_new = a.max_new_tokens or settings(job.task, a, overrides, job.beta).max_new_tokens
     tokenizer = load_tokenizer(str(ref_dir))
     reference, pol = load_model(str(ref_dir)).eval(), load_model(str(pol_dir)).eval()
-    prompts = task.prompts("heldout", a.prompts, seed=a.seed)
+    prompts = task.prompts("heldout", a.prompts, seed=a.eval_seed)
     for dec in decs:
         row = {"task": job.task, "beta": job.beta, "checkpoint": job.checkpoint, "policy": label, "job": job.decoders,
                **decode_row(task, dec, pol, reference, tokenizer, prompts, beta=job.beta, max_new_tokens=max_new,
-                            seed=a.seed, batch_size=a.batch_size),
-               "prompts": len(prompts), "max_new_tokens": max_new}
+                            seed=a.eval_seed, batch_size=a.batch_size),
+               "prompts": len(prompts), "eval_seed": a.eval_seed, "max_new_tokens": max_new}
         with open(out / f"results_{job.task}.jsonl", "a") as fh:
             fh.write(json.dumps(row) + "\n")
         rows.append(row)
@@ -272,7 +280,13 @@ def parse(argv: list[str] | None):
     ap.add_argument("--reuse", default="outputs/tasks", help="ROOT of a tasks-report run whose ROOT/TASK SFT model "
                     "and pairs are reused when their settings match ('' = always train)")
     ap.add_argument("--batch_size", type=int, default=64, help="prompts decoded together")
-    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--seed", type=int, default=0, help="seed of the task recipe (SFT, pairs, DPO)")
+    ap.add_argument("--eval_seed", type=int, default=None,
+                    help="seed of the held-out prompt draw and of decoding (default: --seed); another value with "
+                    "the same policies is a confirmation on fresh prompts")
+    ap.add_argument("--jobs", default=",".join(JOB_KINDS), help="subset of " + ", ".join(JOB_KINDS))
+    ap.add_argument("--results", default="paper_search",
+                    help="NAME of benchmarks/results/NAME.json for a full run ('' = write none)")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                     help="override a pipeline setting of the task recipe (PipelineSettings field), e.g. dpo_steps=100")
@@ -307,6 +321,11 @@ def main(argv: list[str] | None = None) -> int:
         variants = tuple(float(b) for b in a.betas.split(",") if b)
     except (KeyError, ValueError) as e:
         ap.error(str(e))
+    kinds = tuple(k for k in a.jobs.split(",") if k)
+    if set(kinds) - set(JOB_KINDS) or not kinds:
+        ap.error(f"--jobs: choose from {', '.join(JOB_KINDS)}, got {a.jobs!r}")
+    if a.eval_seed is None:
+        a.eval_seed = a.seed
     if a.prompts < 1 or not 0 < a.early_frac < 1 or a.main_beta <= 0 or any(b <= 0 for b in variants):
         ap.error("--prompts must be >= 1, --early_frac in (0, 1) and every β > 0")
     if a.quick:
@@ -317,7 +336,7 @@ def main(argv: list[str] | None = None) -> int:
     out = Path(a.out)
     out.mkdir(parents=True, exist_ok=True)
     rows = read_rows(out)
-    jobs = plan(tasks, a.main_beta, variants)
+    jobs = plan(tasks, a.main_beta, variants, kinds)
     if not a.report_only:
         print_plan(jobs, a, out, overrides, rows)
         if a.plan_only:
@@ -328,9 +347,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"decoding done in {(time.perf_counter() - t0) / 60:.1f} min", flush=True)
     text, compared, figure = report.write_report(rows, out, command, main_beta=a.main_beta)
     print(text)
-    if not a.quick and compared:
-        write_results("paper_search", compared, command)
-        if figure is not None:
+    if not a.quick and compared and a.results:
+        write_results(a.results, compared, command)
+        if figure is not None and a.results == "paper_search":
             FIGURE.parent.mkdir(parents=True, exist_ok=True)
             shutil.copyfile(figure, FIGURE)
     return 0

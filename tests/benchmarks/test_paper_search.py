@@ -136,7 +136,7 @@ def test_report_and_frontier_figure(quick_run):
 
 
 @pytest.mark.parametrize("argv", [["--set", "nope=1"], ["--tasks", "nope"], ["--prompts", "0"],
-                                  ["--betas", "0.1,x"]])
+                                  ["--betas", "0.1,x"], ["--jobs", "final,nope"]])
 def test_bad_input_is_an_error_line_and_exit_2(argv, tmp_path, capsys):
     with pytest.raises(SystemExit) as e:
         main(["--quick", "--out", str(tmp_path), *argv])
