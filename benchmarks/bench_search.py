@@ -379,6 +379,7 @@ def write_output(path: str, rows: list[dict], cmd: str, complete: bool = True) -
     """Write the results file (temporary file + os.replace); returns the cached/re-encoding disagreements.
     A grid run writes it after every configuration with complete=False, so a killed run keeps its rows."""
     problems = check_agreement(rows)
+    compared = any(r.get("decoder") == "mcts-reencode" and "error" not in r for r in rows)
     slim = [{k: v for k, v in r.items() if k not in ("token_ids", "token_rewards")} for r in rows]
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     tmp = path + ".tmp"
@@ -386,7 +387,8 @@ def write_output(path: str, rows: list[dict], cmd: str, complete: bool = True) -
         json.dump({"rows": slim, "command": cmd, "commit": git_commit(),
                    "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
                    "machine": f"{platform.machine()}, {os.cpu_count()} CPUs, torch {torch.__version__}",
-                   "agreement": "cached and re-encoding MCTS decode identical tokens" if not problems else problems,
+                   "agreement": problems or ("cached and re-encoding MCTS decode identical tokens" if compared
+                                             else "no re-encoding row to compare"),
                    "complete": complete}, fh, indent=1)
     os.replace(tmp, path)
     return problems
