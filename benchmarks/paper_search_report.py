@@ -78,6 +78,28 @@ def _f(v, spec: str) -> str:
     return format(v, spec) if isinstance(v, (int, float)) and math.isfinite(v) else "—"
 
 
+def family_table(rows: list[dict], compared: list[dict]) -> list[str]:
+    """One line per decoder family of one policy: its member with the highest mean gold, and that member's two
+    paired comparisons (the full tables list every member)."""
+    cmp = {(c["decoder"], c["baseline"]): c for c in compared}
+    met = {d for _, _, d in goal(compared)}
+    lines = ["| family | best member | λ | gold [95 % CI] | fwd/prompt | vs sample: win [CI] (W/T/L) | "
+             "vs best likelihood ±25 %: decoder, win [CI] (W/T/L) | distinct ratio | rep Δ | goal |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
+    fams = list(dict.fromkeys(r["family"] for r in rows))
+    for fam in fams:
+        r = max((x for x in rows if x["family"] == fam), key=lambda x: (x["gold"], -x["forward_tokens"]))
+        m, lo, hi = mean_interval(r["per_prompt_gold"])
+        s, b = cmp.get((r["decoder"], "sample")), cmp.get((r["decoder"], "best_likelihood"))
+        vs_s = _wr(s) if s else "—"
+        vs_b = f"{b['baseline_decoder']}, {_wr(b)}" if b else ("not met (no match)" if s else "—")
+        dr = f"{s['distinct_ratio']:.2f} | {s['repetition_delta']:+.3f}" if s else "— | —"
+        ok = "—" if r["ref_weight"] >= 1 else ("met" if r["decoder"] in met else "no")
+        lines.append(f"| {fam} | {r['decoder']} | {r['ref_weight']:g} | {m:+.3f} [{lo:+.3f}, {hi:+.3f}] | "
+                     f"{r['forward_tokens']:.0f} | {vs_s} | {vs_b} | {dr} | {ok} |")
+    return lines
+
+
 def policy_table(rows: list[dict]) -> list[str]:
     lines = ["| decoder | score | λ | support | gold [95 % CI] | log π/π_ref | len | distinct | rep | fwd/prompt | s |",
              "|---|---|---|---|---|---|---|---|---|---|---|"]
@@ -174,6 +196,8 @@ def write_report(rows: list[dict], out: Path, command: str, *, main_beta: float)
         prs = [r for r in rows if (r["task"], r["policy"]) == (task, pol)]
         n = prs[0]["prompts"]
         lines += ["", f"## {task}, {pol} ({n} held-out prompts, {prs[0]['max_new_tokens']} new tokens at most)", ""]
+        pc = [c for c in compared if (c["task"], c["policy"]) == (task, pol)]
+        lines += ["Best member of each family (by mean gold):", ""] + family_table(prs, pc) + ["", "Every decoder:", ""]
         lines += policy_table(prs)
         if any(r["support_tag"] != "default" for r in prs):
             lines += ["", "Over-optimisation frontier (beams; cells: gold / Σ log π/π_ref):", ""] + frontier_table(prs)
