@@ -330,29 +330,55 @@ def start(scorer: PairScorer, prompts: list[list[int]], p: MCTSParams, leaf_batc
     return s, plant(scorer, prompts, p, s.counter, s.pool)
 
 
+def _leaf_value(leaf: Node, p: MCTSParams) -> float:
+    """A terminal leaf's value is 0 (nothing follows); an evaluated one's is its rollout return or bound (or 0
+    with leaf_value="zero"); a re-visited node that is still a leaf (no candidates) reuses it."""
+    return 0.0 if leaf.terminal or p.value_source == "zero" else leaf.bound
+
+
+def _needs_forward(leaf: Node) -> bool:
+    return leaf.children is None and not leaf.terminal
+
+
 def simulate(s: Search, trees: list[Tree], n: int = 1) -> None:
-    """Up to n simulations in every open tree (never past `p.simulations` since its last commit); all new
-    leaves are evaluated (and rolled out) in one batch.
+    """One round: every open tree brings up to n new leaves (never past `p.simulations` since its last
+    commit); all of them are evaluated (and rolled out) in one batch.
+
+    n = 1 is plain sequential MCTS. A simulation that needs no forward (it ends at a terminal leaf, or at an
+    evaluated one without candidates) is backed up at once and the tree runs its next one, until a
+    simulation reaches a leaf that needs evaluating: each tree's sequence of simulations is unchanged, but
+    the batched forward gets a row from every tree that still has one, instead of only from the trees
+    whose single simulation of the round happened to need it (late in a decode, most end at terminal
+    nodes).
 
     With n > 1 a tree's paths are chosen one after another: each adds a virtual loss along its path (a
     pending visit valued at the tree's minimum Q, see `select_path`), removed before the real back-up, and a
     leaf chosen for evaluation is not chosen again this round — so the round's leaves are distinct and
     spread away from each other. A descent blocked by such pending leaves ends the tree's round early
-    (`Tree.simulations` counts what ran). n = 1 is plain sequential MCTS.
+    (`Tree.simulations` counts what ran).
     """
     p = s.p
     paths, owners = [], []
     for t in trees:
         if t.done:
             continue
+        if n == 1:
+            while t.simulations < p.simulations:
+                path = select_path(t, p)
+                t.simulations += 1
+                if _needs_forward(path[-1]):
+                    paths.append(path)
+                    owners.append(t)
+                    break
+                backup(path, _leaf_value(path[-1], p), t)
+            continue
         pending: set[int] = set()
         for _ in range(min(n, p.simulations - t.simulations)):
             path = select_path(t, p, pending)
             if path is None:
                 break
-            leaf = path[-1]
-            if leaf.children is None and not leaf.terminal:
-                pending.add(id(leaf))
+            if _needs_forward(path[-1]):
+                pending.add(id(path[-1]))
             for node in path:
                 node.virtual += 1  # virtual loss until the back-up
             paths.append(path)
@@ -361,7 +387,7 @@ def simulate(s: Search, trees: list[Tree], n: int = 1) -> None:
     for path in paths:
         for node in path:
             node.virtual = 0
-    new = [j for j, path in enumerate(paths) if path[-1].children is None and not path[-1].terminal]
+    new = [j for j, path in enumerate(paths) if _needs_forward(path[-1])]
     if new:
         new_trees, new_paths = [owners[j] for j in new], [paths[j] for j in new]
         lp, lr = _evaluate(s, new_trees, new_paths)
@@ -370,12 +396,8 @@ def simulate(s: Search, trees: list[Tree], n: int = 1) -> None:
         if p.value_source == "rollout" and p.rollout_len > 0:
             for path, v in zip(new_paths, _rollout_values(s, new_trees, new_paths, lp, lr)):
                 path[-1].bound = v  # the leaf's value estimate is its rollout's return
-    # leaf value: a terminal leaf's is 0 (nothing follows); an evaluated one's is its rollout return or
-    # bound (or 0 with leaf_value="zero"); a re-visited node that is still a leaf reuses it
     for path, t in zip(paths, owners):
-        leaf = path[-1]
-        v = 0.0 if leaf.terminal or p.value_source == "zero" else leaf.bound
-        backup(path, v, t)
+        backup(path, _leaf_value(path[-1], p), t)
 
 
 def _subtree_slots(node: Node) -> list[int]:

@@ -311,3 +311,31 @@ def test_decode_cli_refuses_a_search_that_cannot_fit(tiny_model_dir, ref_model_d
     err = capsys.readouterr().err
     assert rc == 2 and "error:" in err and "--batch_size" in err and "Traceback" not in err
     assert not out.exists()
+
+
+def test_sequential_round_brings_a_leaf_from_every_tree(scorer, tokenizer, make_prompts):
+    """leaf_batch 1: simulations that end at terminal nodes need no forward and are backed up at once, so each
+    round evaluates exactly one new leaf per open tree that has simulations left (a full batched forward), and
+    the batched search still equals each prompt searched alone."""
+    prompts = make_prompts(3, seed=41)
+    p = MCTSParams(max_new_tokens=3, eos_token_id=tokenizer.eos_token_id, simulations=12, top_k=2)
+    s, trees = start(scorer, prompts, p)
+    several = False  # some round ran > 1 simulation in a tree (terminal leaves reached)
+    while not all(t.done for t in trees):
+        while any(not t.done and t.simulations < p.simulations for t in trees):
+            before, sims = list(s.counter.per_prompt), [t.simulations for t in trees]
+            simulate(s, trees)
+            for t, b, n in zip(trees, before, sims):
+                if t.done:
+                    continue
+                evaluated = (s.counter.per_prompt[t.index] - b) // 2  # 1 position × 2 models per leaf
+                assert evaluated == 1 or (evaluated == 0 and t.simulations == p.simulations)
+                several |= t.simulations - n > 1
+        commit(trees, s.pool)
+    assert several
+    kw = dict(max_new_tokens=3, eos_token_id=tokenizer.eos_token_id, simulations=12, topk=2)
+    together = mcts(scorer, prompts, **kw)
+    for prompt, d in zip(prompts, together):
+        (alone,) = mcts(scorer, [prompt], **kw)
+        assert d.token_ids == alone.token_ids
+        assert d.token_rewards == pytest.approx(alone.token_rewards, abs=1e-5)
