@@ -335,7 +335,7 @@ def prepare_smollm2(workdir: str) -> dict:
 
 def render_rows(rows: list[dict]) -> str:
     lines = ["| model | decoder | prompts | width | leaf batch | new tokens | peak extra MB | peak total MB | seconds "
-             "| forward tokens | ms / forward token | pool peak slots |", "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+             "| forward tokens | ms / forward token | pool peak slots |", "|---" * 12 + "|"]
     for r in rows:
         if "error" in r:
             lines.append(f"| {r['model']} | {r['decoder']} | {r['prompts']} | {r['width']} | {r.get('leaf_batch')} | "
@@ -489,7 +489,8 @@ def profile(args) -> list[dict]:
         steps = [c for c in scorer.calls if c[1] == 1]
         step_s, pre_s = sum(c[2] for c in steps), sum(c[2] for c in scorer.calls if c[1] > 1)
         rows.append(dict(decoder=name, seconds=round(wall, 2), forward_tokens=sum(d.forward_tokens for d in out),
-                         step_forwards=len(steps) // 2, rows_per_forward=round(sum(c[0] for c in steps) / len(steps), 1),
+                         step_forwards=len(steps) // 2,
+                         rows_per_forward=round(sum(c[0] for c in steps) / len(steps), 1),
                          ms_per_forward_pair=round(2e3 * step_s / len(steps), 1), step_s=round(step_s, 2),
                          prefill_s=round(pre_s, 2), other_s=round(wall - step_s - pre_s, 2)))
         print(json.dumps(rows[-1]), file=sys.stderr, flush=True)
@@ -518,7 +519,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--output", default="benchmarks/results/bench_search.json")
     ap.add_argument("--workdir", help="keep (and reuse) converted models here instead of a temporary dir")
     ap.add_argument("--profile", action="store_true", help="time split of beam and MCTS (forwards: rows, ms per "
-                    "call; bookkeeping) and a cProfile of MCTS, one process, --prompts/--max_new_tokens; writes nothing")
+                    "call; bookkeeping) and a cProfile of MCTS, one process; writes nothing")
     ap.add_argument("--simulations", type=int, default=16, help="--profile: MCTS simulations per token")
     ap.add_argument("--profile_leaf_batch", type=int, default=4, help="--profile: also MCTS at this leaf batch")
     ap.add_argument("--profile_top", type=int, default=25, help="--profile: cProfile functions shown")

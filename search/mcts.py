@@ -34,8 +34,8 @@ evaluated in one batch.
 
 After `simulations` simulations the most-visited root child (ties: higher Q, then higher prior) is
 committed; it becomes the root and keeps its subtree and statistics; its siblings' subtrees are dropped.
-Simulations are batched across prompts — the new leaves of every tree go through the policy in one forward and
-the reference in one forward — which leaves each tree's search exactly what it would be alone.
+Simulations are batched across prompts (every tree's new leaves in one policy and one reference forward; a tree
+commits as soon as its own simulations are done), which leaves each tree's search exactly what it would be alone.
 
 Memory (node-local KV, `search.kvpool`): the prompt's K/V is written once per tree into a shared slot pool; an
 evaluated node owns one slot, its own token's K/V in every layer of both models; a committed token's slot is
@@ -331,25 +331,21 @@ def start(scorer: PairScorer, prompts: list[list[int]], p: MCTSParams, leaf_batc
 
 
 def _leaf_value(leaf: Node, p: MCTSParams) -> float:
-    """A terminal leaf's value is 0 (nothing follows); an evaluated one's is its rollout return or bound (or 0
-    with leaf_value="zero"); a re-visited node that is still a leaf (no candidates) reuses it."""
+    """0 at a terminal leaf (nothing follows) or with leaf_value="zero"; else its rollout return or bound."""
     return 0.0 if leaf.terminal or p.value_source == "zero" else leaf.bound
 
 
 def _needs_forward(leaf: Node) -> bool:
-    return leaf.children is None and not leaf.terminal
+    return leaf.children is None and not leaf.terminal  # never evaluated, and not terminal
 
 
 def simulate(s: Search, trees: list[Tree], n: int = 1) -> None:
     """One round: every open tree brings up to n new leaves (never past `p.simulations` since its last
     commit); all of them are evaluated (and rolled out) in one batch.
 
-    n = 1 is plain sequential MCTS. A simulation that needs no forward (it ends at a terminal leaf, or at an
-    evaluated one without candidates) is backed up at once and the tree runs its next one, until a
-    simulation reaches a leaf that needs evaluating: each tree's sequence of simulations is unchanged, but
-    the batched forward gets a row from every tree that still has one, instead of only from the trees
-    whose single simulation of the round happened to need it (late in a decode, most end at terminal
-    nodes).
+    n = 1 is plain sequential MCTS. A simulation that needs no forward (a terminal leaf, or an evaluated one
+    without candidates) is backed up at once and the tree runs its next, until one needs a forward: each
+    tree's simulations are unchanged, but the batched forward gets a row from every tree that has one left.
 
     With n > 1 a tree's paths are chosen one after another: each adds a virtual loss along its path (a
     pending visit valued at the tree's minimum Q, see `select_path`), removed before the real back-up, and a
@@ -412,12 +408,13 @@ def _subtree_slots(node: Node) -> list[int]:
 
 def commit(trees: list[Tree], pool: KVPool | None = None) -> None:
     """Commit each open tree's most-visited root child; it becomes the root, keeping its subtree. Its
-    siblings' subtrees are dropped and their KV slots returned to the pool."""
+    siblings' subtrees are dropped and their KV slots freed; a finished tree frees all of its slots."""
     for t in trees:
         if t.done:
             continue
         if not t.root.children:  # every token banned or zero-probability: stop here
             t.done = True
+            _release(t, pool)
             continue
         best = max(t.root.children, key=lambda c: (c.visits, c.q, c.prior))
         if pool is not None:
@@ -430,10 +427,15 @@ def commit(trees: list[Tree], pool: KVPool | None = None) -> None:
         t.simulations = 0
         t.root = best
         t.done = best.terminal
-    if pool is not None and all(t.done for t in trees):
-        for t in trees:  # the decode is over: every slot goes back
-            pool.free(t.base_slots + [x for x in _subtree_slots(t.root) if x != t.root.slot])
-            t.base_slots = []
+        if t.done:
+            _release(t, pool)
+
+
+def _release(t: Tree, pool: KVPool | None) -> None:
+    """A finished tree's decode is over: its prompt, committed and subtree slots go back to the pool."""
+    if pool is not None:
+        pool.free(t.base_slots + [x for x in _subtree_slots(t.root) if x != t.root.slot])  # root's is in base
+        t.base_slots = []
 
 
 LEAF_VALUES = ("auto", "zero", "bound", "rollout")
@@ -489,9 +491,10 @@ def mcts(scorer: PairScorer, prompts: list[list[int]], *, max_new_tokens: int, e
         return [Decoded([], [], [], [], 0) for _ in prompts]
     s, trees = start(scorer, prompts, p, leaf_batch, pool)
     while not all(t.done for t in trees):
-        while any(not t.done and t.simulations < simulations for t in trees):
-            simulate(s, trees, n=leaf_batch)  # each open tree: up to its remaining simulations
-        commit(trees, s.pool)
+        simulate(s, trees, n=leaf_batch)
+        # a tree commits as soon as its own simulations are done, without waiting for the other trees: each
+        # tree's search is what it would be alone, and every round's forward gets a row from every open tree
+        commit([t for t in trees if not t.done and t.simulations >= simulations], s.pool)
     return scorer.finish(prompts, [[n.token for n in t.committed] for t in trees],
                          [[n.policy_logp for n in t.committed] for t in trees],
                          [[n.reference_logp for n in t.committed] for t in trees], s.counter)
