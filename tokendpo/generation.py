@@ -10,7 +10,8 @@ log-probs of R open rows, through three callbacks:
 Each step appends the chosen ids, ends a row at EOS (kept in its ids) or at `max_new_tokens`, and drops the
 ended rows *before* the next forward, so no position is ever run for a finished row. `generate` drives the loop
 over one Hugging Face causal LM with its own KV cache (`LMState`: left-padded prompts, an attention mask and
-position ids counting real tokens only, so a padded row gives the log-probs of the prompt alone);
+position ids counting real tokens only, so a padded row gives the log-probs of the prompt alone; n responses
+per prompt share one prefill, its cache rows fanned out n ways);
 `search.sampling` drives the same loop over a policy/reference pair (`search.scorer.PairScorer`).
 
 **Support** (`candidate_mask`): the tokens a row may choose are those not banned (callers ban special tokens
