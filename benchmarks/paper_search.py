@@ -19,7 +19,8 @@ CLI's own loop, on the same `--prompts` held-out prompts):
 - β = 0.1 final: the over-optimisation frontier, beams K ≤ 32 for λ ∈ {0, 0.5, 1} with and without the top-p
   0.9 support (plotted to benchmarks/figures/paper_search_frontier.png);
 - β ∈ {0.05, 0.5}, final: sampling, the best likelihood beam and the best implicit-guided decoder of the same
-  task's β = 0.1 final policy (by mean gold).
+  task's β = 0.1 final policy (by mean gold), plus the likelihood beam nearest that decoder's forward tokens
+  there (so that the matched-compute comparison exists).
 Jobs run in that order, the first task's first (`--tasks`), so the most important rows finish first.
 
 Per decode: gold (mean r*(x, y)), log π/π_ref (mean Σ_t log π − log π_ref, nats), length, distinct (distinct
@@ -66,8 +67,8 @@ QUICK = dict(sft_examples=1024, sft_steps=120, sft_batch_size=16, pair_prompts=3
 
 @dataclass(frozen=True)
 class Job:
-    """One policy and what it decodes: `decoders` names a grid ("main", "frontier") or "best" (the β-variant
-    three, chosen from the task's β = 0.1 final rows when the job starts)."""
+    """One policy and what it decodes: `decoders` names a grid ("main", "frontier") or "best" (the β variants'
+    few, chosen from the task's β = 0.1 final rows when the job starts)."""
 
     task: str
     beta: float
@@ -184,6 +185,9 @@ def job_decoders(job: Job, rows: list[dict], quick: bool, main_beta: float) -> l
         return grid.frontier_grid(quick)
     ref_rows = [r for r in rows if (r["task"], r["beta"], r["checkpoint"]) == (job.task, main_beta, "final")]
     picks = [p for p in grid.pick_best(ref_rows) if p is not None]
+    if len(picks) == 2:  # + the likelihood beam nearest the guided pick's compute, so the matched comparison exists
+        near = grid.nearest_likelihood_beam(ref_rows, picks[1]["forward_tokens"])
+        picks += [near] if near is not None and near["decoder"] != picks[0]["decoder"] else []
     return [grid.Decoder("sample", "sample", 1, 1.0, fields={"method": "sample"})] + [
         grid.Decoder(p["decoder"], p["family"], p["x"], p["ref_weight"], p["support_tag"], p["fields"]) for p in picks]
 
@@ -248,8 +252,8 @@ def print_plan(jobs: list[Job], a, out: Path, overrides: dict, rows: list[dict])
             est += 2.0 * s.sft_steps
             extra += f" + SFT and pairs ({s.sft_steps} SFT steps)"
         trained.add((job.task, job.beta))
-        n = (f"{len(todo)} of {len(decs)} decoders to do" if decs else "3 decoders (sample, best likelihood beam, "
-             "best implicit-guided of the β = 0.1 final policy)")
+        n = (f"{len(todo)} of {len(decs)} decoders to do" if decs else "3-4 decoders (sample, best likelihood beam, "
+             "best implicit-guided of the β = 0.1 final policy, the likelihood beam at its compute)")
         print(f"  {job.task:<10} β={job.beta:<5g} {job.checkpoint:<5} {job.decoders:<8} {n}{extra}: ~{est / 60:.1f} min")
         total += est
     print(f"estimated total: ~{total / 60:.0f} min on one idle core (a shared machine takes longer)", flush=True)

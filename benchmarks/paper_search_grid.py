@@ -16,6 +16,7 @@ implicit/mixed the proposal's top-p 0.9 nucleus, MCTS the top-8).
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 
 K_GRID = (1, 2, 3, 4, 6, 8, 12, 16, 24, 32)  # beams, the ×1.5 grid of the issue
@@ -106,6 +107,13 @@ def pick_best(rows: list[dict]) -> tuple[dict | None, dict | None]:
     lik = best([r for r in rows if r["family"] == "beam-lik" and r["support_tag"] == "default"])
     guided = best([r for r in rows if r["ref_weight"] < 1.0])
     return lik, guided
+
+
+def nearest_likelihood_beam(rows: list[dict], forward_tokens: float) -> dict | None:
+    """The likelihood beam (any support) of one policy's rows whose forward tokens per prompt are nearest to
+    `forward_tokens` on a log scale: the β variants' matched-compute likelihood decoder."""
+    beams_ = [r for r in rows if r["family"] == "beam-lik"]
+    return min(beams_, key=lambda r: abs(math.log(r["forward_tokens"] / forward_tokens)), default=None)
 
 
 # ---------------------------------------------------------------------------------------------- time estimate

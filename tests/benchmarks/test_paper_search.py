@@ -46,12 +46,15 @@ def test_every_job_has_its_rows(quick_run):
     for fam in ("sample", "greedy", "beam-lik", "beam-implicit", "beam-mixed0.5", "bon-implicit-ref",
                 "bon-implicit-policy", "cbs-implicit-ref", "mcts-lik", "mcts-implicit", "mcts-mixed0.5"):
         assert fam in fams, fam
-    # β = 0.5: sampling + the best likelihood beam + the best implicit-guided decoder of β = 0.1 final, by gold
+    # β = 0.5: sampling + the best likelihood beam + the best implicit-guided decoder of β = 0.1 final, by gold,
+    # + the likelihood beam nearest the latter's forward tokens
     final = list(_group(rows, 0.1, "final").values())
     lik = max((r for r in final if r["family"] == "beam-lik" and r["support_tag"] == "default"),
               key=lambda r: (r["gold"], -r["forward_tokens"]))
     guided = max((r for r in final if r["ref_weight"] < 1), key=lambda r: (r["gold"], -r["forward_tokens"]))
-    assert set(_group(rows, 0.5, "final")) == {"sample", lik["decoder"], guided["decoder"]}
+    near = min((r for r in final if r["family"] == "beam-lik"),
+               key=lambda r: abs(math.log(r["forward_tokens"] / guided["forward_tokens"])))
+    assert set(_group(rows, 0.5, "final")) == {"sample", lik["decoder"], guided["decoder"], near["decoder"]}
     assert lik["ref_weight"] == 1.0 and lik["score"] == "likelihood" and guided["score"] in ("implicit", "mixed")
 
 
