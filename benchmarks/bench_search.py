@@ -16,6 +16,8 @@ machine are indicative; compare rows of the same run).
     python -m benchmarks.bench_search                          # default grid on the SmolLM2-135M-shaped pair
     python -m benchmarks.bench_search --models smollm2         # real SmolLM2-135M (tokendpo.fetch, from PyPI)
     python -m benchmarks.bench_search --grid mcts:8:16:32,beam:8:4:32   # decoder:prompts:width:new_tokens[:leaf_batch]
+    python -m benchmarks.bench_search --models smollm2 --chat_prompts HH.jsonl.gz --grid mcts:64:16:64  # chat prompts
+    python -m benchmarks.bench_search --profile --models smollm2 --prompts 8 --max_new_tokens 8 --beams 4
     python -m benchmarks.bench_search --quick                  # tiny-llama, in-process, never writes results/
     python -m benchmarks.bench_search --hf                     # beam search against transformers' generate
 
@@ -24,7 +26,8 @@ heads, V = 49152; policy seed 0, reference seed 1), built from a LlamaConfig, no
 SmolLM2-135M-Instruct (the GGUF of `python -m tokendpo.fetch smollm2`, dequantised and converted once per run
 to safetensors): the reference is those weights, the policy the same weights plus seeded Gaussian noise
 (σ = 2 % of each tensor's std), so π ≠ π_ref. Prompts are random non-special token ids of prompt_len/2 ..
-prompt_len tokens.
+prompt_len tokens, or with --chat_prompts real first human turns of an HH-RLHF file through the chat template.
+Rows also carry `peak_total_mb`: the process's whole peak RSS, models included (max of the load and search peaks).
 """
 
 from __future__ import annotations
@@ -170,8 +173,9 @@ def render_beam(beam_rows: list[dict]) -> str:
 
 
 # ---- grid mode: one configuration per fresh process --------------------------------------------------------
+# the real SmolLM2 on 2 shared cores: ≈ 22 min for the 8-prompt rows (load 8–13), ≈ 30 min for the 32-prompt ones
 DEFAULT_GRID = ("beam:8:4:8,mcts:8:16:8,mcts:8:16:8:4,mcts:8:64:8:4,mcts:2:16:8,mcts-reencode:2:16:8,"
-                "beam:8:4:32,mcts:8:16:32")  # ≈ 22 min on 2 shared cores with the real SmolLM2
+                "beam:8:4:32,mcts:8:16:32,beam:32:4:32,mcts:32:16:32,mcts:32:16:32:4,mcts:32:64:32:4,mcts:32:64:32")
 QUICK_GRID = "beam:3:4:6,mcts:3:4:6,mcts-reencode:3:4:6,mcts:3:8:6:2"
 ROW_KEYS = ("model", "decoder", "prompts", "width", "new_tokens", "peak_extra_mb", "seconds", "forward_tokens",
             "ms_per_forward_token")
