@@ -93,6 +93,14 @@ def bench_decode(rows: list[dict]) -> str:
             "≥ 1.0×); decode step / floor " + ", ".join(steps) + " (target ≤ 3×)")
 
 
+def bench_sampler(rows: list[dict]) -> str:
+    """`tokendpo.generation` against `model.generate` on the same sampling workloads (median of interleaved runs)."""
+    parts = [f"{r['model']} ({r['prompts']} prompts × {r['samples_per_prompt']}, {r['new_tokens']} tokens) "
+             f"{r['speedup']:.2f}× [range {r['speedup_range'][0]:.2f}–{r['speedup_range'][1]:.2f}]" for r in rows]
+    return (f"sampling speed vs transformers' generate, median of n = {rows[0]['runs']} interleaved runs: "
+            + "; ".join(parts))
+
+
 def vs_trl(rows: list[dict]) -> str:
     """tokendpo over TRL 1.16's DPOTrainer per model × loss: the range of speed and memory ratios, how many rows meet
     the goal (≥ 1.5× tokens per CPU-second with less peak memory), and the worst loss gap over steps 1–10."""
@@ -108,6 +116,7 @@ HEADLINES = {  # results file → headline function
     "bench_search": bench_search,
     "bench_search_timing": bench_search_timing,
     "bench_decode": bench_decode,
+    "bench_sampler": bench_sampler,
     "score_family_sentiment": score_family,
     "score_family_sentiment_plain": score_family,
     "score_family_arithmetic": score_family,

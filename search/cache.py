@@ -14,7 +14,6 @@ import copy
 
 import torch
 import torch.nn.functional as F
-from transformers import DynamicCache
 from transformers.cache_utils import Cache, DynamicLayer
 
 
@@ -73,9 +72,3 @@ def row(cache: Cache, i: int, start: int) -> Cache:
     return _with_tensors(cache, kv)
 
 
-def new_cache(model: torch.nn.Module) -> Cache:
-    """An empty DynamicCache laid out for `model` (config-driven when the model has a transformers config)."""
-    config = getattr(model, "config", None)
-    if config is not None and hasattr(config, "get_text_config"):
-        return DynamicCache(config=config)
-    return DynamicCache()

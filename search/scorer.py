@@ -24,7 +24,6 @@ and the left padding used to stack caches of different lengths (never run) is no
 
 from __future__ import annotations
 
-import inspect
 from dataclasses import dataclass
 
 import torch
@@ -32,6 +31,7 @@ import torch
 import kernels
 from kernels.rewards import implicit_reward
 from search import cache as kv
+from tokendpo.generation import cache_keyword, left_pad, new_cache
 from tokendpo.logps import body, final_hidden, lm_head
 from tokendpo.modeling import lm_head_spec
 
@@ -109,12 +109,6 @@ def _last_logps(logits: torch.Tensor) -> torch.Tensor:
     return torch.log_softmax(logits[:, -1, :].float(), dim=-1)  # (R, V)
 
 
-def cache_keyword(model: torch.nn.Module) -> str:
-    """The forward's cache argument: `cache` in transformers 5, `past_key_values` in 4.x."""
-    params = inspect.signature(model.forward).parameters
-    return "cache" if "cache" in params else "past_key_values"
-
-
 class PairScorer:
     """Steps `policy` and `reference` together; all methods are functions of explicit `PairState`s."""
 
@@ -156,15 +150,8 @@ class PairScorer:
         return lp, lr
 
     def _pad_left(self, prefixes: list[list[int]]) -> tuple[torch.Tensor, torch.Tensor]:
-        if any(len(p) == 0 for p in prefixes):
-            raise ValueError("a prefix has no tokens; give an empty prompt a BOS/EOS token first "
-                             "(tokendpo.data.encode_prompts(..., nonempty=True))")
-        width = max(len(p) for p in prefixes)
-        ids = torch.full((len(prefixes), width), self.pad_token_id, dtype=torch.long)
-        mask = torch.zeros((len(prefixes), width), dtype=torch.long)
-        for i, p in enumerate(prefixes):
-            ids[i, width - len(p):] = torch.tensor(p, dtype=torch.long)
-            mask[i, width - len(p):] = 1
+        """(ids, attention_mask), (R, T) each on the models' device: `tokendpo.generation.left_pad`."""
+        ids, mask = left_pad(prefixes, self.pad_token_id)
         return ids.to(self.device), mask.to(self.device)
 
     def prefill(self, prefixes: list[list[int]], counter: ForwardCounter, *, owner: torch.Tensor | None = None,
@@ -176,7 +163,7 @@ class PairScorer:
         owner = torch.arange(len(prefixes)) if owner is None else owner
         ids, mask = self._pad_left(prefixes)  # (R, T)
         pos = (mask.cumsum(-1) - 1).clamp(min=0)  # real tokens at 0..n-1 whatever the padding
-        caches = [kv.new_cache(self.policy), kv.new_cache(self.reference)] if keep_cache else [None, None]
+        caches = [new_cache(self.policy), new_cache(self.reference)] if keep_cache else [None, None]
         lp, pc = self._forward(self.policy, ids, mask, pos, caches[0])
         lr, rc = self._forward(self.reference, ids, mask, pos, caches[1]) if with_reference else (None, None)
         counter.add(owner, ids.shape[1], 2 if with_reference else 1)

@@ -168,6 +168,14 @@ def cache_keyword(model: torch.nn.Module) -> str:
     return "cache" if "cache" in params else "past_key_values"
 
 
+def new_cache(model: torch.nn.Module) -> DynamicCache:
+    """An empty DynamicCache laid out for `model` (config-driven when the model has a transformers config)."""
+    config = getattr(model, "config", None)
+    if config is not None and hasattr(config, "get_text_config"):
+        return DynamicCache(config=config)
+    return DynamicCache()
+
+
 @dataclass
 class LMState:
     """R rows of one model: its KV cache, the attention mask and the next-token log-probs. Mutated by steps."""
@@ -204,9 +212,7 @@ def lm_prefill(model, prompts: list[list[int]], pad_token_id: int) -> LMState:
     device = next(model.parameters()).device
     ids, mask = (t.to(device) for t in left_pad(prompts, pad_token_id))  # (R, T)
     pos = (mask.cumsum(-1) - 1).clamp(min=0)  # real tokens at 0..n-1 whatever the padding
-    config = getattr(model, "config", None)
-    cache = DynamicCache(config=config) if config is not None and hasattr(config, "get_text_config") else DynamicCache()
-    logps, cache = _lm_forward(model, ids, mask, pos, cache)
+    logps, cache = _lm_forward(model, ids, mask, pos, new_cache(model))
     return LMState(cache, mask, logps)
 
 

@@ -33,7 +33,6 @@ from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
 import torch
-from tqdm.auto import tqdm
 from transformers import AutoModelForCausalLM
 
 from tokendpo.config import Config
@@ -159,11 +158,11 @@ def label_pairs(task: Task, prompts: list[str], responses: list[list[str]], *, t
 
 def _sample_k(model, tokenizer, prompts: list[str], s: PipelineSettings, seed: int, desc: str,
               progress: bool) -> list[list[str]]:
-    """K temperature-1 responses per prompt (K rounds over all prompts, each round its own seed)."""
-    rounds = [sample(model, tokenizer, prompts, max_new_tokens=s.max_new_tokens, seed=seed + j, desc=None,
-                     progress=False)[0]
-              for j in tqdm(range(s.k), desc=desc, disable=not progress, dynamic_ncols=True)]
-    return [list(ys) for ys in zip(*rounds)]
+    """K temperature-1 responses per prompt from one prefill of each prompt (`sample(n=K)`; each response draws
+    from its own stream, keyed by the seed, the prompt and its index among the K)."""
+    texts, _ = sample(model, tokenizer, prompts, max_new_tokens=s.max_new_tokens, seed=seed, n=s.k, desc=desc,
+                      progress=progress)
+    return [texts[i * s.k:(i + 1) * s.k] for i in range(len(prompts))]
 
 
 def stage_pairs(task: Task, s: PipelineSettings, sft_dir: Path, pairs_path: Path, eval_pairs_path: Path, *,
