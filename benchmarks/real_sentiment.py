@@ -6,7 +6,7 @@
 1. prompts: the first human turn of each HH-RLHF harmless row (deduplicated, ≤ `--max_prompt_chars`), shuffled
    with `--seed` and split into disjoint train and held-out prompts. Rendered with the model's chat template.
 2. pairs: `--samples` replies per train prompt sampled from the base model at temperature 1
-   (`search.decode.run`, method sample); gold reward r*(reply) = VADER compound(reply) ∈ [−1, 1]; the pair is
+   (`tokendpo.tasks.sampling.sample`, one prefill per prompt); gold reward r*(reply) = VADER compound(reply) ∈ [−1, 1]; the pair is
    (highest r*, lowest r*), dropped when they tie (e.g. two neutral replies at 0.0).
 3. DPO: `python -m tokendpo.train --model M --dataset OUT/pairs.jsonl --chat_template --lora_r R
    --ref_logps precompute ...` in a fresh subprocess (reference = the base model, adapter disabled).
@@ -69,6 +69,17 @@ def decode(method: str, policy, reference, tokenizer, prompts: list[str], args, 
     for r in records:
         r["gold_reward"] = vader(r["completion"])
     return records, wall
+
+
+def sample_replies(model, tokenizer, prompts: list[str], args) -> tuple[list[dict], float]:
+    """`--samples` temperature-1 replies per prompt from one prefill each (`tokendpo.tasks.sampling.sample`, the
+    project's fastest sampler), as records {"completion", "gold_reward"} grouped by prompt; wall time."""
+    from tokendpo.tasks.sampling import sample
+
+    t0 = time.perf_counter()
+    texts, _ = sample(model, tokenizer, prompts, max_new_tokens=args.max_new_tokens, seed=args.seed, n=args.samples,
+                      batch_size=args.decode_batch, chat_template=True, progress=False)
+    return [{"completion": t, "gold_reward": vader(t)} for t in texts], time.perf_counter() - t0
 
 
 def make_pairs(texts: list[str], records: list[dict], k: int) -> tuple[list[dict], dict]:
@@ -181,8 +192,7 @@ def main(argv: list[str] | None = None) -> int:
         t_pairs = pair_stats["wall_s"]
         print(f"pairs (reused): {json.dumps(pair_stats)}", flush=True)
     else:
-        texts = [p for p in train for _ in range(args.samples)]
-        samples, t_pairs = decode("sample", base, base, tokenizer, texts, args)
+        samples, t_pairs = sample_replies(base, tokenizer, train, args)
         pairs, pair_stats = make_pairs(train, samples, args.samples)
         pair_stats["wall_s"] = t_pairs
         with (out / "pairs.jsonl").open("w") as f:
