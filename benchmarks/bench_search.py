@@ -438,7 +438,7 @@ def interleaved(args) -> list[dict]:
         for _ in range(args.repeats):
             for i, cfg in enumerate(cfgs):
                 row = measure(pair, cfg, prompt_len=args.prompt_len, chat=args.chat_prompts)
-                row["peak_extra_mb"] = None  # not a fresh process
+                row["peak_extra_mb"] = row["peak_total_mb"] = None  # not a fresh process
                 if best[i] is None or row["seconds"] < best[i]["seconds"]:
                     best[i] = row
                 print(f"{cfg} {row['seconds']} s", file=sys.stderr, flush=True)
