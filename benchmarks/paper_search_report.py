@@ -199,7 +199,7 @@ def write_report(rows: list[dict], out: Path, command: str, *, main_beta: float)
         pc = [c for c in compared if (c["task"], c["policy"]) == (task, pol)]
         lines += ["Best member of each family (by mean gold):", ""] + family_table(prs, pc) + ["", "Every decoder:", ""]
         lines += policy_table(prs)
-        if any(r["support_tag"] != "default" for r in prs):
+        if any(r.get("job") == "frontier" for r in prs):
             lines += ["", "Over-optimisation frontier (beams; cells: gold / Σ log π/π_ref):", ""] + frontier_table(prs)
         lines += ["", "Paired per prompt:", ""]
         lines += paired_table([c for c in compared if (c["task"], c["policy"]) == (task, pol)],
