@@ -129,16 +129,15 @@ def print_table(summary: dict, title: str = "") -> None:
     cols = [c for c in ("sft", "dpo") if c in summary]
     if title:
         print(title)
-    print(f"{'metric':<24}" + "".join(f"{c:>12}" for c in cols))
+    print(f"{'metric':<24}" + "".join(f"{c:>8}{c + ' 95 % CI':>20}" for c in cols))
     for m in METRICS:
         if all(m in summary[c] for c in cols):
             name = f"repetition ({summary[cols[0]].get('repetition_n', REPETITION_N)}-gram)" \
                 if m == "repetition" else m
-            print(f"{name:<24}" + "".join(f"{summary[c][m]:>12.3f}" for c in cols)
-                  + "".join(_interval(summary[c], m) for c in cols))
+            print(f"{name:<24}" + "".join(f"{summary[c][m]:>8.3f}{_interval(summary[c], m):>20}" for c in cols))
 
 
 def _interval(metrics: dict, name: str) -> str:
-    """'  [lo, hi]' of a metric's 95 % interval when the summary has one, else ''."""
+    """'[lo, hi]' of a metric's 95 % interval when the summary has one, else ''."""
     ci = metrics.get("ci", {}).get(name)
-    return f"  [{ci[0]:.3f}, {ci[1]:.3f}]" if ci else ""
+    return f"[{ci[0]:.3f}, {ci[1]:.3f}]" if ci else ""
