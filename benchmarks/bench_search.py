@@ -481,7 +481,8 @@ def profile(args) -> list[dict]:
                                                          eos_token_id=pair.eos, score="implicit")}
     for lb in sorted({1, args.profile_leaf_batch}):
         runs[f"mcts S={sims} leaf batch {lb}"] = lambda s, lb=lb: mcts(
-            s, prompts, max_new_tokens=n, eos_token_id=pair.eos, simulations=sims, topk=8, leaf_batch=lb)
+            s, prompts, max_new_tokens=n, eos_token_id=pair.eos, simulations=sims, topk=8, score="implicit",
+            leaf_batch=lb)
     rows = []
     for name, fn in runs.items():
         scorer = TimedScorer(pair.policy, pair.reference, beta=0.1, pad_token_id=pair.pad)

@@ -443,7 +443,7 @@ LEAF_VALUES = ("auto", "zero", "bound", "rollout")
 
 def make_params(*, max_new_tokens: int, eos_token_id: int, simulations: int = 16, c_puct: float = 1.0,
                 topk: int | None = None, top_k: int | None = None, top_p: float | None = None, rollout_len: int = 0,
-                reuse_cache: bool = True, score: str = "implicit", ref_weight: float | None = None,
+                reuse_cache: bool = True, score: str = "likelihood", ref_weight: float | None = None,
                 length_penalty: float = 0.0, no_repeat_ngram: int = 0, banned_tokens=(), normalize_q: bool = True,
                 leaf_value: str = "auto") -> MCTSParams:
     """Validated `MCTSParams`; `topk` is an alias of `top_k`; support defaults from `scoring.MCTS_SUPPORT`."""
@@ -467,7 +467,7 @@ def make_params(*, max_new_tokens: int, eos_token_id: int, simulations: int = 16
 
 def mcts(scorer: PairScorer, prompts: list[list[int]], *, max_new_tokens: int, eos_token_id: int,
          simulations: int = 16, c_puct: float = 1.0, topk: int | None = None, top_k: int | None = None,
-         top_p: float | None = None, rollout_len: int = 0, reuse_cache: bool = True, score: str = "implicit",
+         top_p: float | None = None, rollout_len: int = 0, reuse_cache: bool = True, score: str = "likelihood",
          ref_weight: float | None = None, length_penalty: float = 0.0, no_repeat_ngram: int = 0,
          banned_tokens=(), normalize_q: bool = True, leaf_value: str = "auto", leaf_batch: int = 1,
          pool: KVPool | None = None) -> list[Decoded]:

@@ -79,9 +79,10 @@ def test_zero_leaf_value_q_values_by_hand(tree_scorer):
 
 @pytest.mark.parametrize("rollout_len,leaf_batch", [(0, 1), (2, 1), (2, 5)])
 def test_mcts_commits_best_path_and_stops_at_eos(tree_scorer, rollout_len, leaf_batch):
-    """Enough simulations overturn the prior: A is tried ~44 times before B's return shows (leaf value 0)."""
+    """Enough simulations overturn the prior: A is tried ~44 times before B's return shows (leaf value 0).
+    The tree's rewards are implicit rewards, so the search backs them up (score="implicit")."""
     out = mcts(tree_scorer, [[BOS], [BOS]], max_new_tokens=3, eos_token_id=EOS, simulations=100, topk=4,
-               rollout_len=rollout_len, leaf_batch=leaf_batch)
+               rollout_len=rollout_len, leaf_batch=leaf_batch, score="implicit")
     for d in out:
         assert d.token_ids == [B, B, EOS]
         assert d.reward == pytest.approx(R_B + R_BB, abs=1e-6)
