@@ -11,7 +11,7 @@ Arms (same model pair, same batch of prompts, same max_new_tokens):
              prompts × new_tokens tokens and do the same work whatever they sample.
     beam     likelihood beam search, K beams: `search.beam.beam_search(score="likelihood")` against
              `generate(num_beams=K, do_sample=False, length_penalty=0)` + the reference pass
-             (`bench_search.hf_beam_with_rewards`); `same` says whether both return the same tokens.
+             (`bench_models.hf_beam_with_rewards`); `same` says whether both return the same tokens.
 
 Timing: each pair of arms is run round-robin `repeats` times in one process (interleaved, so a load change on a
 shared machine hits both alike); the row keeps the min of each arm and every raw time. time_ratio =
@@ -52,7 +52,7 @@ import time
 
 import torch
 
-from benchmarks.bench_search import (Pair, best_time, build_pair, hf_beam_with_rewards, left_pad, make_pair,
+from benchmarks.bench_models import (Pair, best_time, build_pair, hf_beam_with_rewards, left_pad, make_pair,
                                      prepare_smollm2, random_prompts)
 from benchmarks.results_file import command_line, write_results
 from search.beam import beam_search

@@ -128,7 +128,7 @@ def compare(name: str, model, tokenizer, prompts: list[str], *, k: int, new_toke
                 speedup_range=[round(min(paired), 3), round(max(paired), 3)], runs=runs,
                 ours_unshared_s=round(med["ours_unshared"], 3), search_s=round(med["search"], 3),
                 ours_tokens=round(statistics.mean(tokens["ours"]), 1), hf_tokens=round(statistics.mean(tokens["hf"]), 1),
-                ours_times=[round(t, 4) for t in times["ours"]], hf_times=[round(t, 4) for t in times["hf"]],
+                ours_times=[round(t, 6) for t in times["ours"]], hf_times=[round(t, 6) for t in times["hf"]],
                 threads=threads)
 
 
@@ -147,7 +147,7 @@ def sentiment_workload(sft: str | None, quick: bool):
 
 
 def smollm2_workload(workdir: str, n: int):
-    from benchmarks.bench_search import prepare_smollm2
+    from benchmarks.bench_models import prepare_smollm2
     from benchmarks.real_sentiment import first_human_turns
 
     path = prepare_smollm2(workdir)["reference"]

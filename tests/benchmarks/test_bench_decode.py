@@ -8,7 +8,7 @@ import pytest
 import torch
 from transformers import LlamaConfig, LlamaForCausalLM
 
-from benchmarks import bench_decode, bench_search
+from benchmarks import bench_decode, bench_models
 from search.scorer import ForwardCounter, PairScorer
 
 
@@ -45,8 +45,8 @@ def test_hf_sample_rewards_are_the_implicit_rewards():
     cfg = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
                intermediate_size=48, vocab_size=97, bos_token_id=1, eos_token_id=2, pad_token_id=0)
     models = [LlamaForCausalLM(LlamaConfig(**cfg)).eval() for _ in range(2)]
-    pair = bench_search.Pair("rand", models[0], models[1], eos=2, pad=0, special=4)
-    prompts = bench_search.random_prompts(pair, 3, 7, seed=random.randrange(1000))
+    pair = bench_models.Pair("rand", models[0], models[1], eos=2, pad=0, special=4)
+    prompts = bench_models.random_prompts(pair, 3, 7, seed=random.randrange(1000))
     gen, rewards = bench_decode.hf_sample_with_rewards(pair, prompts, 6, 0.3, seed=1)
     assert all(len(g) == 6 and 2 not in g for g in gen)  # EOS suppressed
     scorer = PairScorer(models[0], models[1], beta=0.3, pad_token_id=0)
