@@ -18,24 +18,14 @@ from __future__ import annotations
 import random
 from collections.abc import Sequence
 
+# (W, T, L) and (W + T/2)/n per prompt: the tasks' own definitions, one copy
+from tokendpo.tasks.metrics import win_rate  # noqa: F401  (part of this module's API)
+from tokendpo.tasks.metrics import win_tie_loss as wtl
+
 MATCH_TOLERANCE = 0.25  # |fwd(B) / fwd(D) − 1| ≤ this for a matched-compute baseline
 ROW_KEYS = ("task", "policy", "decoder", "score", "ref_weight", "support", "forward_tokens", "baseline",
             "baseline_decoder", "forward_tokens_ratio", "wins", "ties", "losses", "n", "win_rate", "ci",
             "distinct_ratio", "repetition_delta")
-
-
-def wtl(ours: Sequence[float], theirs: Sequence[float]) -> tuple[int, int, int]:
-    """(wins, ties, losses) of `ours` against `theirs`, prompt by prompt."""
-    if len(ours) != len(theirs) or not ours:
-        raise ValueError(f"paired comparison needs two equal, non-empty lists, got {len(ours)} and {len(theirs)}")
-    w = sum(a > b for a, b in zip(ours, theirs))
-    t = sum(a == b for a, b in zip(ours, theirs))
-    return w, t, len(ours) - w - t
-
-
-def win_rate(ours: Sequence[float], theirs: Sequence[float]) -> float:
-    w, t, _ = wtl(ours, theirs)
-    return (w + t / 2) / len(ours)
 
 
 def bootstrap_interval(ours: Sequence[float], theirs: Sequence[float], *, n_boot: int = 2000, seed: int = 0,
