@@ -147,10 +147,11 @@ def policy(task: str, beta: float, checkpoint: str, a, out: Path, overrides: dic
 
 # ------------------------------------------------------------------------------------------------ decoding
 def decode_row(task, dec: grid.Decoder, policy_model, reference, tokenizer, prompts: list[str], *, beta: float,
-               max_new_tokens: int, seed: int, batch_size: int) -> dict:
-    """Decode `prompts` with one configuration through `search.decode.run` and measure it."""
+               max_new_tokens: int, seed: int, batch_size: int, chat_template: bool = False) -> dict:
+    """Decode `prompts` with one configuration through `search.decode.run` and measure it (`task` gives each
+    record's gold reward: anything with `gold_reward(prompt, completion)`)."""
     cfg = SearchConfig(policy="<in memory>", ref="<in memory>", beta=beta, max_new_tokens=max_new_tokens, seed=seed,
-                       batch_size=batch_size, progress=False, **dec.fields)
+                       batch_size=batch_size, progress=False, chat_template=chat_template, **dec.fields)
     cfg.validate()
     t0 = time.perf_counter()
     recs = list(decode_run(cfg, policy_model, reference, tokenizer, prompts, task))
@@ -217,10 +218,10 @@ def run_job(job: Job, a, out: Path, overrides: dict, rows: list[dict]) -> None:
               f"len {row['length']:.1f} fwd {row['forward_tokens']:.0f} ({row['seconds']:.1f} s)", flush=True)
 
 
-def read_rows(out: Path) -> list[dict]:
-    """Every row of OUT/results_*.jsonl (a torn last line of a killed run is skipped)."""
+def read_rows(out: Path, pattern: str = "results_*.jsonl") -> list[dict]:
+    """Every row of the OUT/`pattern` files (a torn last line of a killed run is skipped)."""
     rows = []
-    for path in sorted(out.glob("results_*.jsonl")):
+    for path in sorted(out.glob(pattern)):
         for line in open(path):
             try:
                 rows.append(json.loads(line))

@@ -153,7 +153,15 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--resume", action="store_true",
                     help="reuse the pairs and the DPO model a previous run of the same --out finished")
+    ap.add_argument("--search", action="store_true",
+                    help="instead of the decoder table, the search experiment (`benchmarks.real_search`): every "
+                         "decoder family paired against the policy's sample and the best likelihood decoder at "
+                         "matched compute, on the held-out prompts. Implies --resume")
+    ap.add_argument("--search_decoders", default="",
+                    help="with --search: a comma-separated subset of the grid (default: all; e.g. split the grid "
+                         "between two processes on the same --out)")
     args = ap.parse_args(argv)
+    args.resume = args.resume or args.search
     if args.quick:
         for k, v in QUICK.items():
             if getattr(args, k) == ap.get_default(k):
@@ -223,6 +231,15 @@ def main(argv: list[str] | None = None) -> int:
 
     # ---- decode held-out prompts
     policy = load_model(str(out / "dpo")).eval()
+    if args.search:
+        from benchmarks.real_search import run_search
+
+        setup = (f"Policy: LoRA DPO (r {args.lora_r}, β {args.beta}) of `{args.model}` on {pair_stats['pairs']} "
+                 f"VADER-labelled pairs of its own samples; reference: the base model. {len(heldout)} held-out "
+                 f"HH-RLHF first human turns (chat template) × at most {args.max_new_tokens} new tokens, seed "
+                 f"{args.seed}, batches of {args.decode_batch} prompts; {platform.machine()}, {os.cpu_count()} "
+                 f"CPU cores, {torch.get_num_threads()} torch thread(s), fp32.")
+        return run_search(policy, base, tokenizer, heldout, out, args, command, setup)
     rows, outputs = [], {}
     base_recs, w = decode("sample", base, base, tokenizer, heldout, args)
     outputs["base sample"] = base_recs
