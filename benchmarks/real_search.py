@@ -33,7 +33,7 @@ from pathlib import Path
 from benchmarks import paper_search_grid as grid
 from benchmarks import paper_search_report as report
 from benchmarks.paper_search import decode_row, read_rows
-from benchmarks.results_file import RESULTS_DIR, merge_results, write_results
+from benchmarks.results_file import merge_results, write_results
 
 TASK = "real_sentiment"
 ROWS_FILE = "search_rows.jsonl"  # OUT/results_*.jsonl would be read as paper_search's own rows
