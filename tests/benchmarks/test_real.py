@@ -217,3 +217,22 @@ def test_real_sentiment_quick(tmp_path, gguf_path):
         assert row["gold_reward"] == pytest.approx(sum(r["gold_reward"] for r in recs) / len(recs))
         moved |= any(abs(t) > 1e-3 for r in recs for t in r["token_rewards"])
     assert moved, "DPO did not move the policy away from the base model (all implicit rewards are 0)"
+
+
+@real
+def test_real_sentiment_quick_search(tmp_path, gguf_path):
+    """`python -m benchmarks.real_sentiment --quick --search`: the search grid's rows on the real model, gold
+    recomputed with vaderSentiment itself, and the report."""
+    from vaderSentiment.vaderSentiment import SentimentIntensityAnalyzer
+
+    from benchmarks.real_search import QUICK_GRID, ROWS_FILE
+    from benchmarks.real_sentiment import main
+
+    out = tmp_path / "sent"
+    assert main(["--quick", "--search", "--out", str(out)]) == 0
+    vader = SentimentIntensityAnalyzer()
+    rows = [json.loads(line) for line in (out / ROWS_FILE).read_text().splitlines()]
+    assert [r["decoder"] for r in rows] == list(QUICK_GRID)
+    for r in rows:
+        assert r["per_prompt_gold"] == pytest.approx([vader.polarity_scores(c)["compound"] for c in r["completions"]])
+    assert "Paired per prompt" in (out / "search.md").read_text()
