@@ -2,6 +2,7 @@
 
     python -m benchmarks.real_sentiment              # full run
     python -m benchmarks.real_sentiment --quick      # a few prompts and tokens: checks the pipeline, not a result
+    python -m benchmarks.real_sentiment --search --decode_batch 32   # the search experiment on the same policy
 
 1. prompts: the first human turn of each HH-RLHF harmless row (deduplicated, ≤ `--max_prompt_chars`), shuffled
    with `--seed` and split into disjoint train and held-out prompts. Rendered with the model's chat template.
@@ -15,6 +16,10 @@
    implicit-reward score), plus the base model's own samples. Report per decoder: mean gold reward (95 %
    bootstrap interval), win rate against the base model's sample for the same prompt (ties 0.5; 95 % Wilson
    interval), mean implicit reward Σ β·log π/π_ref, distinct replies, forward tokens per prompt, wall time.
+
+`--search` replaces step 4 with the paper's search experiment on the same held-out prompts and the trained policy
+(reused from a previous run of the same `--out`): every decoder family, each paired per prompt with the policy's
+sample and with the best likelihood decoder at matched compute (`benchmarks.real_search`).
 
 `--threads N` sets torch's intra-op threads here and OMP_NUM_THREADS of the training subprocess (1 is fastest on
 a CPU shared with other jobs).
