@@ -90,6 +90,8 @@ def decode_grid(policy, reference, tokenizer, prompts: list[str], out: Path, arg
     print(f"search: {len(todo)} decoders to run on {len(prompts)} prompts × {args.max_new_tokens} tokens "
           f"({len(done)} done): {', '.join(d.name for d in todo)}", flush=True)
     for dec in todo:
+        if dec.name in {r["decoder"] for r in read_rows(out, ROWS_FILE)}:  # another process on OUT decoded it
+            continue
         row = {"task": TASK, "beta": args.beta, "checkpoint": "final", "policy": label, "job": "search",
                **decode_row(VaderGold(), dec, policy, reference, tokenizer, prompts, beta=args.beta,
                             max_new_tokens=args.max_new_tokens, seed=args.seed, batch_size=args.decode_batch,
