@@ -133,3 +133,23 @@ def test_merge_results_keeps_the_other_tasks(tmp_path):
     assert got["rows"] == built[:3] + real[:1] and got["sources"]["real_sentiment"]["command"] == "again"
     with pytest.raises(ValueError, match="every row must have task 'real_sentiment'"):
         merge_results("ps", built[:1], "x", task="real_sentiment", directory=tmp_path)
+
+
+def test_a_decoder_another_process_finished_is_skipped(tmp_path, monkeypatch):
+    """Two processes on one OUT: a decoder whose row appears while this process decodes another is not redone."""
+    first, second = real_search.QUICK_GRID[:2]
+    calls = []
+
+    def fake_decode_row(gold, dec, *a, **k):
+        calls.append(dec.name)
+        if dec.name == first:  # meanwhile, the other process finishes `second`
+            with open(tmp_path / real_search.ROWS_FILE, "a") as fh:
+                fh.write(json.dumps({"decoder": second}) + "\n")
+        return {"decoder": dec.name, "gold": 0.0, "log_ratio": 0.0, "length": 1.0, "distinct": 1.0,
+                "forward_tokens": 1.0, "seconds": 0.0}
+
+    monkeypatch.setattr(real_search, "decode_row", fake_decode_row)
+    real_search.decode_grid(None, None, None, ["p"], tmp_path, _args(search_decoders=f"{first},{second}"), "x")
+    assert calls == [first]
+    assert [json.loads(line)["decoder"] for line in (tmp_path / real_search.ROWS_FILE).read_text().splitlines()] \
+        == [second, first]
