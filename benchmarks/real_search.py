@@ -13,7 +13,8 @@ through `search.decode.run`, the CLI's own loop, with `SEARCH_GRID`:
   compute);
 - mixed beam (λ = 0.5) K = 4;
 - best-of-8 with the reference proposal, ranked by the implicit (λ = 0) and mixed (λ = 0.5) score;
-- MCTS with S ∈ {8, 16} simulations per token, with the implicit, the mixed (λ = 0.5) and the likelihood score.
+- MCTS with S ∈ {8, 16} simulations per token, with the implicit, the mixed (λ = 0.5) and the likelihood score,
+  and S = 32 with the implicit and the likelihood score.
 Gold is VADER's compound score of exactly the decoded ids' text.
 
 Each decoder's row (`benchmarks.paper_search.decode_row`, task "real_sentiment") is appended to
@@ -56,8 +57,10 @@ SEARCH_GRID: list[grid.Decoder] = [
     _dec("bon-mixed0.5-8-ref", "bon-mixed0.5-ref", "bon", "mixed0.5", 8, bon=8, proposal="reference"),
     _dec("mcts-implicit-8", "mcts-implicit", "mcts", "implicit", 8, simulations=8),
     _dec("mcts-implicit-16", "mcts-implicit", "mcts", "implicit", 16, simulations=16),
+    _dec("mcts-implicit-32", "mcts-implicit", "mcts", "implicit", 32, simulations=32),
     _dec("mcts-lik-8", "mcts-lik", "mcts", "lik", 8, simulations=8),
     _dec("mcts-lik-16", "mcts-lik", "mcts", "lik", 16, simulations=16),
+    _dec("mcts-lik-32", "mcts-lik", "mcts", "lik", 32, simulations=32),
     _dec("mcts-mixed0.5-8", "mcts-mixed0.5", "mcts", "mixed0.5", 8, simulations=8),
     _dec("mcts-mixed0.5-16", "mcts-mixed0.5", "mcts", "mixed0.5", 16, simulations=16),
 ]
