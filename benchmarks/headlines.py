@@ -132,21 +132,24 @@ def paper_search(rows: list[dict]) -> str:
             pairs.setdefault((r["task"], r["policy"], r["decoder"]), {})[r["baseline"]] = r
     best: dict[str, tuple] = {}
     met: dict[str, int] = {}
+    tried: dict[str, int] = {}
     for (task, policy, decoder), v in pairs.items():
         if {"sample", "best_likelihood"} <= set(v):
             s, m = v["sample"], v["best_likelihood"]
             ok = (min(s["win_rate"], m["win_rate"]) >= 0.55 and min(s["ci"][0], m["ci"][0]) > 0.5
                   and s["distinct_ratio"] >= 0.9 and s["repetition_delta"] <= 0)
             met[task] = met.get(task, 0) + ok
+            tried[task] = tried.get(task, 0) + 1
             key = (ok, min(s["ci"][0], m["ci"][0]))  # goal-meeting first, then the worse interval's low end
             if task not in best or key > best[task][0]:
                 best[task] = (key, policy, decoder, s, m)
     parts = []
     for task, ((ok, _), policy, decoder, s, m) in sorted(best.items()):
-        parts.append(f"{task}: goal {'met' if ok else 'not met'} by {met[task]} configurations; best `{decoder}` "
-                     f"({policy}) win {s['win_rate']:.2f} {_ci(s['ci'])} vs the policy's sample, {m['win_rate']:.2f} "
-                     f"{_ci(m['ci'])} vs `{m['baseline_decoder']}` at matched compute (n = {s['n']}), distinct "
-                     f"{s['distinct_ratio']:.2f}")
+        parts.append(f"{task}: goal met by {met[task]} of {tried[task]} compared guided configurations; "
+                     f"{'best' if ok else 'closest'} `{decoder}` ({policy}) win {s['win_rate']:.2f} {_ci(s['ci'])} vs "
+                     f"the policy's sample, {m['win_rate']:.2f} {_ci(m['ci'])} vs `{m['baseline_decoder']}` at matched "
+                     f"compute (n = {s['n']}), distinct {s['distinct_ratio']:.2f}, repetition Δ "
+                     f"{s['repetition_delta']:+.4f}")
     return "; ".join(parts) + " (goal: both ≥ 0.55 with low end > 0.5, distinct ≥ 0.9, repetition Δ ≤ 0)"
 
 
