@@ -22,13 +22,15 @@ OUT/search_rows.jsonl as it finishes; a rerun skips finished rows. When every de
 paired comparisons (`benchmarks.paired`: against the policy's sample and the best likelihood decoder within ±25 %
 forward tokens; W/T/L, win rate (W + T/2)/n with a paired-bootstrap 95 % interval) go to OUT/search.md,
 benchmarks/RESULTS_real_search.md and benchmarks/results/paper_search_real.json, and replace the task's rows in
-benchmarks/results/paper_search.json. --quick writes only under OUT.
+benchmarks/results/paper_search.json; gold and Σ log π/π_ref against forward tokens per family are plotted to
+OUT/real_search_compute.png and benchmarks/figures/. --quick writes only under OUT.
 """
 
 from __future__ import annotations
 
 import datetime
 import json
+import shutil
 from pathlib import Path
 
 from benchmarks import paper_search_grid as grid
@@ -39,6 +41,7 @@ from benchmarks.results_file import merge_results, write_results
 TASK = "real_sentiment"
 ROWS_FILE = "search_rows.jsonl"  # OUT/results_*.jsonl would be read as paper_search's own rows
 HERE = Path(__file__).parent
+FIGURE = HERE / "figures" / "real_search_compute.png"
 
 
 def _dec(name: str, family: str, method: str, tag: str, x: int, **extra) -> grid.Decoder:
@@ -141,10 +144,44 @@ def run_search(policy, reference, tokenizer, prompts: list[str], out: Path, args
         return 0
     text, results = search_report(rows, command, setup)
     (out / "search.md").write_text(text)
+    plot_compute(rows, out / "real_search_compute.png")
     print(text)
     if not args.quick:
         (HERE / "RESULTS_real_search.md").write_text(text)
+        FIGURE.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(out / "real_search_compute.png", FIGURE)
         write_results("paper_search_real", results, command)
         merge_results("paper_search", results, command, task=TASK)
     return 0
 
+
+
+def plot_compute(rows: list[dict], path: Path) -> Path:
+    """Mean gold (left) and Σ log π/π_ref (right) against forward tokens per prompt, one line per decoder family
+    (by budget), the policy's sample as a dotted line: where each score's extra compute goes."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    colours = {0.0: "tab:red", 0.5: "tab:purple", 1.0: "tab:blue"}
+    fig, axes = plt.subplots(1, 2, figsize=(12, 4.5))
+    families = list(dict.fromkeys(r["family"] for r in rows if r["decoder"] != "sample"))
+    for ax, (what, label) in zip(axes, (("gold", "mean gold (VADER)"), ("log_ratio", "Σ log π/π_ref (nats)"))):
+        for i, fam in enumerate(families):
+            rs = sorted((r for r in rows if r["family"] == fam), key=lambda r: r["forward_tokens"])
+            ax.plot([r["forward_tokens"] for r in rs], [r[what] for r in rs], "-", ms=4,
+                    color=colours.get(rs[0]["ref_weight"], "grey"), marker="os^Dv<>"[i % 7], label=fam)
+        for r in rows:
+            if r["decoder"] == "sample":
+                ax.axhline(r[what], color="grey", linestyle=":", label="sample (T = 1)")
+        ax.set_xscale("log")
+        ax.set_xlabel("forward tokens per prompt (policy + reference)")
+        ax.set_ylabel(label)
+        ax.set_title(f"SmolLM2 real_sentiment: {label} (red λ = 0, purple 0.5, blue 1)", fontsize=9)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+    return path

@@ -60,6 +60,7 @@ def test_search_rows_and_paired_comparisons(pair, tmp_path, monkeypatch):
         assert r["gold"] == pytest.approx(sum(r["per_prompt_gold"]) / 7)
     text = (tmp_path / "search.md").read_text()
     assert "command: `cmd`" in text and "Paired per prompt" in text
+    assert (tmp_path / "real_search_compute.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     # every paired comparison, recomputed from the rows
     _, results = real_search.search_report(rows, "cmd", "setup")
     by = {r["decoder"]: r for r in rows}
