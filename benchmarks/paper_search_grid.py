@@ -42,20 +42,22 @@ class Decoder:
     fields: dict = field(default_factory=dict)
 
 
-def _scored(method: str, tag: str, extra: dict) -> dict:
+def scored_fields(method: str, tag: str, extra: dict) -> dict:
+    """SearchConfig fields of `method` ranked by the score of `tag` (lik | implicit | mixed0.5), plus `extra`."""
     score, weight = LAMBDAS[tag]
     return {"method": method, "score": score, **({"ref_weight": weight} if weight is not None else {}), **extra}
 
 
-def _lam(tag: str) -> float:
+def weight_of(tag: str) -> float:
+    """λ of a score tag: 1 (lik), 0 (implicit), 0.5 (mixed0.5)."""
     return {"lik": 1.0, "implicit": 0.0, "mixed0.5": 0.5}[tag]
 
 
 def beams(tag: str, ks, support: str = "default") -> list[Decoder]:
     extra = {"default": {}, "restricted": RESTRICTED, "unrestricted": UNRESTRICTED}[support]
     suffix = {"default": "", "restricted": "-top-p0.9", "unrestricted": "-unrestricted"}[support]
-    return [Decoder(f"beam-{tag}-{k}{suffix}", f"beam-{tag}", k, _lam(tag), support,
-                    _scored("beam", tag, {"beam": k, **extra})) for k in ks]
+    return [Decoder(f"beam-{tag}-{k}{suffix}", f"beam-{tag}", k, weight_of(tag), support,
+                    scored_fields("beam", tag, {"beam": k, **extra})) for k in ks]
 
 
 def main_grid(quick: bool = False) -> list[Decoder]:
@@ -67,12 +69,13 @@ def main_grid(quick: bool = False) -> list[Decoder]:
         out += beams(tag, ks)
     for tag, proposal in (("lik", "policy"), ("implicit", "ref"), ("implicit", "policy"), ("mixed0.5", "ref")):
         prop = "reference" if proposal == "ref" else "policy"
-        out += [Decoder(f"bon-{tag}-{n}-{proposal}", f"bon-{tag}-{proposal}", n, _lam(tag),
-                        fields=_scored("bon", tag, {"bon": n, "proposal": prop})) for n in ns]
-        out += [Decoder(f"cbs-{tag}-{w},{k},{c}-{proposal}", f"cbs-{tag}-{proposal}", w * k, _lam(tag),
-                        fields=_scored("cbs", tag, {"cbs": (w, k, c), "proposal": prop})) for w, k, c in cbs]
+        out += [Decoder(f"bon-{tag}-{n}-{proposal}", f"bon-{tag}-{proposal}", n, weight_of(tag),
+                        fields=scored_fields("bon", tag, {"bon": n, "proposal": prop})) for n in ns]
+        out += [Decoder(f"cbs-{tag}-{w},{k},{c}-{proposal}", f"cbs-{tag}-{proposal}", w * k, weight_of(tag),
+                        fields=scored_fields("cbs", tag, {"cbs": (w, k, c), "proposal": prop})) for w, k, c in cbs]
     for tag in LAMBDAS:
-        out += [Decoder(f"mcts-{tag}-{s}", f"mcts-{tag}", s, _lam(tag), fields=_scored("mcts", tag, {"simulations": s}))
+        out += [Decoder(f"mcts-{tag}-{s}", f"mcts-{tag}", s, weight_of(tag),
+                        fields=scored_fields("mcts", tag, {"simulations": s}))
                 for s in ss]
     return out
 

@@ -46,7 +46,7 @@ FIGURE = HERE / "figures" / "real_search_compute.png"
 
 def _dec(name: str, family: str, method: str, tag: str, x: int, **extra) -> grid.Decoder:
     """A ranked decoder named as in `benchmarks.paper_search_grid` (tag: lik | implicit | mixed0.5)."""
-    return grid.Decoder(name, family, x, grid._lam(tag), fields=grid._scored(method, tag, extra))
+    return grid.Decoder(name, family, x, grid.weight_of(tag), fields=grid.scored_fields(method, tag, extra))
 
 
 SEARCH_GRID: list[grid.Decoder] = [
@@ -108,7 +108,6 @@ def decode_grid(policy, reference, tokenizer, prompts: list[str], out: Path, arg
                "prompts": len(prompts), "eval_seed": args.seed, "max_new_tokens": args.max_new_tokens}
         with open(out / ROWS_FILE, "a") as fh:  # one write per row: a second process appends whole lines too
             fh.write(json.dumps(row) + "\n")
-        rows.append(row)
         print(f"[search] {dec.name:<20} gold {row['gold']:+.3f} log-ratio {row['log_ratio']:+.2f} len "
               f"{row['length']:.1f} distinct {row['distinct']:.2f} fwd {row['forward_tokens']:.0f} "
               f"({row['seconds'] / 60:.1f} min)", flush=True)
@@ -153,7 +152,6 @@ def run_search(policy, reference, tokenizer, prompts: list[str], out: Path, args
         write_results("paper_search_real", results, command)
         merge_results("paper_search", results, command, task=TASK)
     return 0
-
 
 
 def plot_compute(rows: list[dict], path: Path) -> Path:
