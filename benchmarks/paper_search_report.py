@@ -24,6 +24,7 @@ from benchmarks.results_file import git_commit
 from tokendpo.tasks.metrics import mean_interval
 
 GOAL_WIN, GOAL_DISTINCT = 0.55, 0.9
+LAMBDA_COLOURS = {0.0: "tab:red", 0.5: "tab:purple", 1.0: "tab:blue"}  # λ of the score → plot colour
 
 
 def paired(rows: list[dict]) -> tuple[list[dict], list[dict]]:
@@ -148,7 +149,7 @@ def plot_frontier(rows: list[dict], main_beta: float, path: Path) -> Path | None
     if not tasks:
         return None
     fig, axes = plt.subplots(len(tasks), 2, figsize=(11, 4 * len(tasks)), squeeze=False)
-    colours = {0.0: "tab:red", 0.5: "tab:purple", 1.0: "tab:blue"}
+    colours = LAMBDA_COLOURS
     for i, task in enumerate(tasks):
         pol = [r for r in rows if r["task"] == task and r["beta"] == main_beta and r["checkpoint"] == "final"]
         samp = [r for r in pol if r["decoder"] == "sample"]
@@ -157,14 +158,26 @@ def plot_frontier(rows: list[dict], main_beta: float, path: Path) -> Path | None
             for (lam, tag), rs in frontier_rows(pol).items():
                 ax.plot([r["x"] for r in rs], [r[what] for r in rs], "-" if tag == "restricted" else "--",
                         marker="o", ms=3, color=colours.get(lam, "grey"), label=f"λ={lam:g}, {tag}")
-            if samp:
-                ax.axhline(samp[0][what], color="grey", linestyle=":", label="sampling (T = 1)")
-            ax.set_xscale("log", base=2)
-            ax.set_xlabel("beams K")
-            ax.set_ylabel(label)
-            ax.set_title(f"{task}, β = {main_beta:g} final policy: {label} (solid: top-p 0.9)", fontsize=9)
-            ax.grid(alpha=0.3)
-            ax.legend(fontsize=7)
+            finish_axis(ax, samp[0][what] if samp else None, "beams K", label,
+                        f"{task}, β = {main_beta:g} final policy: {label} (solid: top-p 0.9)", base=2)
+    return save_figure(fig, path)
+
+
+def finish_axis(ax, sample_value: float | None, xlabel: str, ylabel: str, title: str, base: float = 10) -> None:
+    """The shared look of the search plots: the policy's sample as a dotted line, log x axis, labels, grid, legend."""
+    if sample_value is not None:
+        ax.axhline(sample_value, color="grey", linestyle=":", label="sampling (T = 1)")
+    ax.set_xscale("log", base=base)
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title, fontsize=9)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+
+
+def save_figure(fig, path: Path) -> Path:
+    import matplotlib.pyplot as plt
+
     fig.tight_layout()
     fig.savefig(path, dpi=90)
     plt.close(fig)

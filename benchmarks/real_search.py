@@ -162,24 +162,14 @@ def plot_compute(rows: list[dict], path: Path) -> Path:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    colours = {0.0: "tab:red", 0.5: "tab:purple", 1.0: "tab:blue"}
     fig, axes = plt.subplots(1, 2, figsize=(12, 4.5))
     families = list(dict.fromkeys(r["family"] for r in rows if r["decoder"] != "sample"))
+    sample = next((r for r in rows if r["decoder"] == "sample"), None)
     for ax, (what, label) in zip(axes, (("gold", "mean gold (VADER)"), ("log_ratio", "Σ log π/π_ref (nats)"))):
         for i, fam in enumerate(families):
             rs = sorted((r for r in rows if r["family"] == fam), key=lambda r: r["forward_tokens"])
             ax.plot([r["forward_tokens"] for r in rs], [r[what] for r in rs], "-", ms=4,
-                    color=colours.get(rs[0]["ref_weight"], "grey"), marker="os^Dv<>"[i % 7], label=fam)
-        for r in rows:
-            if r["decoder"] == "sample":
-                ax.axhline(r[what], color="grey", linestyle=":", label="sample (T = 1)")
-        ax.set_xscale("log")
-        ax.set_xlabel("forward tokens per prompt (policy + reference)")
-        ax.set_ylabel(label)
-        ax.set_title(f"SmolLM2 real_sentiment: {label} (red λ = 0, purple 0.5, blue 1)", fontsize=9)
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(path, dpi=90)
-    plt.close(fig)
-    return path
+                    color=report.LAMBDA_COLOURS.get(rs[0]["ref_weight"], "grey"), marker="os^Dv<>"[i % 7], label=fam)
+        report.finish_axis(ax, sample[what] if sample else None, "forward tokens per prompt (policy + reference)",
+                           label, f"SmolLM2 real_sentiment: {label} (red λ = 0, purple 0.5, blue 1)")
+    return report.save_figure(fig, path)
