@@ -16,6 +16,7 @@ near-zero Adam step.
 import json
 import os
 import shutil
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -28,12 +29,20 @@ REPO = Path(__file__).resolve().parents[2]
 N_STEPS = 4
 
 
+def free_port() -> int:
+    """A TCP port the OS reports free now: torchrun's rendezvous store listens there (a fixed or pid-derived port
+    can be taken by another process, and workers then wait on the wrong store until the timeout)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
 def _launch(nproc, module_args):
     if nproc == 1:
         cmd = [sys.executable, "-m", *module_args]
     else:
         cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(nproc),
-               "--master_port", str(29500 + os.getpid() % 1000), "-m", *module_args]
+               "--master_addr", "127.0.0.1", "--master_port", str(free_port()), "-m", *module_args]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     res = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600, cwd=REPO)
     assert res.returncode == 0, res.stderr[-4000:]

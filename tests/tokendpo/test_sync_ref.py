@@ -24,6 +24,7 @@ from tokendpo.modeling import load_model, load_tokenizer
 from tokendpo.reference import Reference
 from tokendpo.train import main, micro_batch, train
 
+from tests.tokendpo.test_distributed import free_port
 from tests.tokendpo.test_train import make_cfg, read_metrics, write_pairs
 
 REPO = Path(__file__).resolve().parents[2]
@@ -172,7 +173,7 @@ def _run(nproc: int, out: Path, model_dir, data, *extra) -> list[dict]:
              "--max_prompt_length", "32", "--learning_rate", "1e-3", "--adam_epsilon", "1e-3", "--seed", "2",
              "--progress", "false", "--kernel", "chunked", "--max_steps", "4", *extra]
     launcher = [] if nproc == 1 else ["-m", "torch.distributed.run", "--nproc_per_node", str(nproc),
-                                      "--master_port", str(29700 + os.getpid() % 1000)]
+                                      "--master_addr", "127.0.0.1", "--master_port", str(free_port())]
     cmd = [sys.executable, *launcher, "-m", "tokendpo.train", *flags]
     res = subprocess.run(cmd, capture_output=True, text=True, timeout=600, cwd=REPO,
                          env={**os.environ, "OMP_NUM_THREADS": "1"})
